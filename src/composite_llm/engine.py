@@ -1,0 +1,505 @@
+"""The async engine: every sub-call of a composite request goes through one RunContext.
+
+It owns what strategies must not re-invent: resolving a node into litellm kwargs (provider bundles,
+`os.environ/` references, request defaults), per-call timeouts bounded by the request deadline, retries of
+one sub-call (never of a whole fan-out), a per-process concurrency limit, quorum/grace/deadline fan-out
+with straggler cancellation, streaming of the final stage, and the usage/cost ledger (the Trace).
+Strategies describe *what* to call; the engine decides *how*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
+
+import litellm
+
+from . import errors
+from .errors import CompositeConfigError
+from .redact import redact, secret_values_in
+from .schema import ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
+from .trace import SubCallRecord, Trace, preview
+from .usage import UsageTotals, response_cost
+
+DEFAULT_MEMBER_TIMEOUT_S = 600.0
+MAX_COMPOSITE_DEPTH = 4
+# Slack on top of litellm's own timeout before the engine gives up on a sub-call itself.
+_TIMEOUT_SLACK_S = 1.0
+_MAX_BACKOFF_S = 5.0
+
+ProgressFn = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- concurrency limit
+_DEFAULT_MAX_CONCURRENCY = int(os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY", "256"))
+_max_concurrency = _DEFAULT_MAX_CONCURRENCY
+_semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+def set_max_concurrency(limit: int) -> None:
+    """Cap the leaf sub-calls in flight per event loop (per process for the usual single loop)."""
+    global _max_concurrency
+    if limit < 1:
+        raise ValueError("max concurrency must be at least 1")
+    _max_concurrency = limit
+    _semaphores.clear()
+
+
+def _semaphore() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    sem = _semaphores.get(loop)
+    if sem is None:
+        sem = asyncio.Semaphore(_max_concurrency)
+        _semaphores[loop] = sem
+    return sem
+
+
+class _NoLimit:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class PlannedCall:
+    """A node resolved for one request: the exact litellm kwargs, minus messages."""
+
+    node: NodeConfig
+    role: str
+    stage: str
+    model: str
+    params: dict[str, Any]
+    secrets: set[str] = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        return self.node.label
+
+
+@dataclass
+class MemberResult:
+    """The outcome of one planned call; `record` is the trace entry."""
+
+    call: PlannedCall
+    record: SubCallRecord
+    text: str = ""
+    message: Any = None
+    finish_reason: Optional[str] = None
+    response: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status == "ok"
+
+
+@dataclass
+class StageResult:
+    """Every member's result in input order; `answers` are the successful ones."""
+
+    stage: str
+    results: list[MemberResult]
+
+    @property
+    def answers(self) -> list[MemberResult]:
+        return [r for r in self.results if r.ok]
+
+
+@dataclass
+class StreamPiece:
+    """One streamed delta of the final stage."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: Optional[list[Any]] = None
+    finish_reason: Optional[str] = None
+
+
+class _MemberFailure(Exception):
+    def __init__(self, message: str, status: Optional[int]) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_env_refs(value: Any, where: str) -> Any:
+    """Replace `os.environ/NAME` strings (at any depth) with the variable's value."""
+    if isinstance(value, str) and value.startswith(ENV_REF_PREFIX):
+        name = value[len(ENV_REF_PREFIX):]
+        resolved = os.environ.get(name)
+        if resolved is None:
+            raise CompositeConfigError(f"environment variable {name} is not set (needed by {where})")
+        return resolved
+    if isinstance(value, dict):
+        return {k: resolve_env_refs(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env_refs(v, where) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- run context
+class RunContext:
+    """Per-request state: the trace/ledger, the deadline, request-level params and defaults."""
+
+    def __init__(
+        self,
+        *,
+        trace: Trace,
+        providers: dict[str, ProviderBundle],
+        shared_params: dict[str, Any],
+        final_params: dict[str, Any],
+        defaults: dict[str, Any],
+        timeout: Optional[float],
+        depth: int = 0,
+        stack: Sequence[str] = (),
+        progress: Optional[ProgressFn] = None,
+        where: str = "",
+    ) -> None:
+        self.trace = trace
+        self.providers = providers
+        self.shared_params = shared_params
+        self.final_params = final_params
+        self.defaults = {k: v for k, v in defaults.items() if v}
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.depth = depth
+        self.stack = tuple(stack)
+        self.progress = progress
+        self.where = where or trace.model
+        self.rng = random.Random(trace.request_id)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, node: NodeConfig, *, role: str, stage: str) -> PlannedCall:
+        """Resolve a node: provider bundle < node params, request api_base/api_key where none is set."""
+        where = f"{self.where}, {role} node {node.label!r}"
+        params: dict[str, Any] = {}
+        if node.provider:
+            bundle = self.providers.get(node.provider)
+            if bundle is None:
+                known = ", ".join(sorted(self.providers)) or "none"
+                raise CompositeConfigError(f"unknown provider bundle {node.provider!r} in {where} (known: {known})")
+            params.update(resolve_env_refs(bundle.litellm_params, where))
+        params.update(resolve_env_refs(node.params, where))
+        for key, value in self.defaults.items():
+            params.setdefault(key, value)
+        params.pop("model", None)
+        if node.is_composite:
+            if self.depth + 1 > MAX_COMPOSITE_DEPTH:
+                raise CompositeConfigError(
+                    f"composites nested deeper than {MAX_COMPOSITE_DEPTH} levels at {where} (a cycle?)"
+                )
+            if node.model in self.stack:
+                chain = " -> ".join([*self.stack, node.model])
+                raise CompositeConfigError(f"composite cycle: {chain}")
+        return PlannedCall(node=node, role=role, stage=stage, model=node.model, params=params,
+                           secrets=secret_values_in(params))
+
+    def plan_all(self, nodes: Iterable[NodeConfig], *, role: str, stage: str) -> list[PlannedCall]:
+        return [self.plan(node, role=role, stage=stage) for node in nodes]
+
+    # ------------------------------------------------------------------ helpers
+    def remaining(self) -> Optional[float]:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _timeout_for(self, call: PlannedCall, settings: FanOutSettings) -> float:
+        timeout = call.node.timeout_s or settings.member_timeout_s or DEFAULT_MEMBER_TIMEOUT_S
+        remaining = self.remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        if timeout <= 0:
+            raise errors.timed_out(f"{self.where}: the request timeout expired before {call.role} {call.label} ran")
+        return timeout
+
+    def _kwargs(self, call: PlannedCall, messages: list[Any], *, final: bool, settings: FanOutSettings) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(self.shared_params)
+        if final or settings.member_tools:
+            kwargs.update(self.final_params if final else {
+                k: v for k, v in self.final_params.items() if k in ("tools", "tool_choice", "parallel_tool_calls")
+            })
+        kwargs.update(call.params)
+        kwargs["model"] = call.model
+        kwargs["messages"] = messages
+        kwargs["no-log"] = True  # the composite request is logged once, by LiteLLM, with the summed cost
+        if call.node.is_composite:
+            kwargs["composite_depth"] = self.depth + 1
+            kwargs["composite_stack"] = [*self.stack, call.model]
+        else:
+            kwargs.setdefault("max_retries", 0)  # retries are ours, per sub-call, visible in the trace
+        return kwargs
+
+    def _limit(self, call: PlannedCall) -> Any:
+        # A nested composite is not a leaf call: holding a slot while its own members wait for one
+        # could deadlock the limit, so only leaf calls take a slot.
+        return _NoLimit() if call.node.is_composite else _semaphore()
+
+    def _describe_error(self, call: PlannedCall, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        text = text.replace("litellm.", "").strip()
+        return redact(preview(text, 300), call.secrets | self._request_secrets())
+
+    def _request_secrets(self) -> set[str]:
+        return secret_values_in(self.defaults)
+
+    def _emit(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
+
+    def _record(self, call: PlannedCall) -> SubCallRecord:
+        return SubCallRecord(stage=call.stage, role=call.role, label=call.label, model=call.model,
+                             started_s=time.monotonic() - self.trace.started)
+
+    @staticmethod
+    def _retry_delay(exc: BaseException, attempt: int) -> float:
+        headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None) or {}
+        try:
+            retry_after = headers.get("retry-after") or headers.get("Retry-After")
+            if retry_after is not None:
+                return min(float(retry_after), _MAX_BACKOFF_S)
+        except (TypeError, ValueError, AttributeError):
+            pass
+        return min(0.25 * (2 ** (attempt - 1)), _MAX_BACKOFF_S)
+
+    # ------------------------------------------------------------------ one call
+    async def call(
+        self, call: PlannedCall, messages: list[Any], *, settings: FanOutSettings, final: bool = False
+    ) -> MemberResult:
+        """Run one sub-call with retries. Failures are recorded and returned, never raised;
+        cancellation is recorded as a dropped member and re-raised."""
+        record = self._record(call)
+        kwargs = self._kwargs(call, messages, final=final, settings=settings)
+        started = time.monotonic()
+        result = MemberResult(call=call, record=record)
+        try:
+            while True:
+                try:
+                    timeout = self._timeout_for(call, settings)
+                    async with self._limit(call):
+                        response = await asyncio.wait_for(
+                            litellm.acompletion(**kwargs, timeout=timeout), timeout + _TIMEOUT_SLACK_S
+                        )
+                    self._accept(result, response, final=final)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except CompositeConfigError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every provider failure becomes a trace entry
+                    if isinstance(exc, asyncio.TimeoutError):
+                        exc = errors.timed_out(f"no answer within {timeout:.1f} s")
+                    remaining = self.remaining()
+                    delay = self._retry_delay(exc, record.attempts)
+                    if (record.attempts <= settings.retries and errors.is_retryable(exc)
+                            and (remaining is None or remaining > delay + 0.05)):
+                        record.attempts += 1
+                        await asyncio.sleep(delay)
+                        continue
+                    record.status = "failed"
+                    record.error_type = type(exc).__name__
+                    record.error = self._describe_error(call, exc)
+                    record.extra["status_code"] = errors.status_code_of(exc)
+                    break
+        except asyncio.CancelledError:
+            record.status = "dropped"
+            record.latency_s = time.monotonic() - started
+            self.trace.add(record)
+            self._emit(self.trace.describe(record))
+            raise
+        record.latency_s = time.monotonic() - started
+        self.trace.add(record)
+        self._emit(self.trace.describe(record))
+        return result
+
+    def _accept(self, result: MemberResult, response: Any, *, final: bool) -> None:
+        record = result.record
+        choice = response.choices[0] if getattr(response, "choices", None) else None
+        message = getattr(choice, "message", None)
+        text = (getattr(message, "content", None) or "") if message is not None else ""
+        tool_calls = getattr(message, "tool_calls", None) if message is not None else None
+        record.usage = UsageTotals.from_usage(getattr(response, "usage", None))
+        record.cost = response_cost(response)
+        record.preview = preview(text)
+        result.text, result.message, result.response = text, message, response
+        result.finish_reason = getattr(choice, "finish_reason", None)
+        if not text.strip() and not tool_calls and not final:
+            raise _EmptyAnswer("the model returned an empty answer")
+
+    # ------------------------------------------------------------------ fan-out
+    async def fan_out(
+        self,
+        items: Sequence[tuple[PlannedCall, list[Any]]],
+        *,
+        settings: FanOutSettings,
+        stage: str,
+        quorum: Optional[int] = None,
+    ) -> StageResult:
+        """Run calls in parallel; proceed per quorum/grace/deadline; cancel stragglers; raise when
+        fewer than `quorum` members answered (with every member's error, redacted)."""
+        needed = settings.quorum if quorum is None else quorum
+        tasks = [asyncio.ensure_future(self.call(call, messages, settings=settings)) for call, messages in items]
+        loop = asyncio.get_running_loop()
+        stage_deadline = loop.time() + settings.deadline_s if settings.deadline_s else None
+        grace_end: Optional[float] = None
+        pending = set(tasks)
+        try:
+            while pending:
+                limits = [t for t in (stage_deadline, grace_end) if t is not None]
+                wait_s = min(limits) - loop.time() if limits else None
+                if wait_s is not None and wait_s <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                answered = sum(1 for t in tasks if t.done() and not t.cancelled() and t.result().ok)
+                if answered >= max(needed, 1) and settings.grace_s is not None and grace_end is None:
+                    grace_end = loop.time() + settings.grace_s
+                if answered + len(pending) < needed:
+                    break  # the quorum can no longer be met: fail fast
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        results = []
+        for task, (call, _messages) in zip(tasks, items):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                results.append(task.result())
+            elif task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # a configuration error, not a member failure
+            else:
+                record = next((r for r in reversed(self.trace.records)
+                               if r.stage == call.stage and r.label == call.label and r.status == "dropped"),
+                              self._record(call))
+                results.append(MemberResult(call=call, record=record))
+        outcome = StageResult(stage=stage, results=results)
+        if len(outcome.answers) < needed:
+            raise self._too_few(outcome, needed)
+        return outcome
+
+    def _too_few(self, outcome: StageResult, needed: int) -> Exception:
+        failures = [r.record for r in outcome.results if not r.ok]
+        summary = "; ".join(f"{r.role} {r.label}: {r.error or r.status}" for r in failures)
+        message = (f"{self.where}: {outcome.stage}: only {len(outcome.answers)} of {len(outcome.results)} "
+                   f"members answered (quorum {needed}). {summary}")
+        codes = [r.extra.get("status_code") for r in failures]
+        if failures and all(code == 429 for code in codes):
+            return errors.rate_limited(message, self.trace.model)
+        if failures and all(r.error_type == "Timeout" or r.status == "dropped" for r in failures):
+            return errors.timed_out(message, self.trace.model)
+        return errors.unavailable(message, self.trace.model)
+
+    # ------------------------------------------------------------------ final stage
+    async def final_call(
+        self, candidates: Sequence[PlannedCall], messages: list[Any], *, settings: FanOutSettings
+    ) -> MemberResult:
+        """The final stage, trying fallbacks in order; raises when every candidate failed."""
+        results = []
+        for call in candidates:
+            result = await self.call(call, messages, settings=settings, final=True)
+            if result.ok:
+                return result
+            results.append(result)
+        raise self._too_few(StageResult(stage=candidates[0].stage, results=results), 1)
+
+    async def final_stream(
+        self, candidates: Sequence[PlannedCall], messages: list[Any], *, settings: FanOutSettings
+    ) -> AsyncIterator[StreamPiece]:
+        """Stream the final stage. A candidate that fails before its first token hands over to the next
+        fallback; a failure after tokens were sent is raised (the client already has part of an answer)."""
+        failures = []
+        for call in candidates:
+            record = self._record(call)
+            record.streamed = True
+            started = time.monotonic()
+            chunks: list[Any] = []
+            sent_any = False
+            kwargs = self._kwargs(call, messages, final=True, settings=settings)
+            kwargs.update(stream=True, stream_options={"include_usage": True})
+            try:
+                timeout = self._timeout_for(call, settings)
+                async with self._limit(call):
+                    stream = await asyncio.wait_for(litellm.acompletion(**kwargs, timeout=timeout),
+                                                    timeout + _TIMEOUT_SLACK_S)
+                    text_parts: list[str] = []
+                    iterator = stream.__aiter__()
+                    while True:
+                        remaining = self.remaining()
+                        idle = timeout if remaining is None else min(timeout, max(remaining, 0.001))
+                        try:
+                            chunk = await asyncio.wait_for(iterator.__anext__(), idle + _TIMEOUT_SLACK_S)
+                        except StopAsyncIteration:
+                            break
+                        chunks.append(chunk)
+                        piece = _piece_from_chunk(chunk)
+                        if piece is None:
+                            continue
+                        if piece.content:
+                            text_parts.append(piece.content)
+                        sent_any = True
+                        yield piece
+                record.usage, record.cost = _stream_accounting(chunks, messages)
+                record.preview = preview("".join(text_parts))
+                record.latency_s = time.monotonic() - started
+                self.trace.add(record)
+                return
+            except asyncio.CancelledError:
+                record.status, record.latency_s = "dropped", time.monotonic() - started
+                self.trace.add(record)
+                raise
+            except GeneratorExit:
+                record.status, record.latency_s = "dropped", time.monotonic() - started
+                self.trace.add(record)
+                raise
+            except CompositeConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                if isinstance(exc, asyncio.TimeoutError):
+                    exc = errors.timed_out("the stream stalled")
+                record.status, record.latency_s = "failed", time.monotonic() - started
+                record.error_type, record.error = type(exc).__name__, self._describe_error(call, exc)
+                record.extra["status_code"] = errors.status_code_of(exc)
+                if chunks:
+                    record.usage, record.cost = _stream_accounting(chunks, messages)
+                self.trace.add(record)
+                self._emit(self.trace.describe(record))
+                failures.append(MemberResult(call=call, record=record))
+                if sent_any:
+                    raise self._too_few(StageResult(stage=call.stage, results=failures), 1) from None
+        raise self._too_few(StageResult(stage=candidates[0].stage, results=failures), 1)
+
+
+class _EmptyAnswer(Exception):
+    """A member answered with nothing; it counts as failed so nothing empty reaches another prompt."""
+
+
+def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
+    choices = getattr(chunk, "choices", None) or []
+    if not choices:
+        return None
+    choice = choices[0]
+    delta = getattr(choice, "delta", None)
+    content = (getattr(delta, "content", None) or "") if delta is not None else ""
+    reasoning = (getattr(delta, "reasoning_content", None) or "") if delta is not None else ""
+    tool_calls = getattr(delta, "tool_calls", None) if delta is not None else None
+    finish = getattr(choice, "finish_reason", None)
+    if not (content or reasoning or tool_calls or finish):
+        return None
+    return StreamPiece(content=content, reasoning=reasoning, tool_calls=tool_calls or None, finish_reason=finish)
+
+
+def _stream_accounting(chunks: list[Any], messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:
+    """Usage and cost of a streamed sub-call, from the provider's usage chunk (or LiteLLM's rebuild)."""
+    for chunk in reversed(chunks):
+        usage = getattr(chunk, "usage", None)
+        if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+            cost = getattr(usage, "cost", None)
+            if cost is None:
+                cost = (getattr(chunk, "_hidden_params", None) or {}).get("response_cost")
+            return UsageTotals.from_usage(usage), (float(cost) if cost is not None else None)
+    try:
+        built = litellm.stream_chunk_builder(chunks, messages=messages)
+    except Exception:  # noqa: BLE001 - accounting must not break an answer already streamed
+        return UsageTotals(), None
+    return UsageTotals.from_usage(getattr(built, "usage", None)), response_cost(built)

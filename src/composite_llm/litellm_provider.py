@@ -1,0 +1,126 @@
+"""The LiteLLM adapter: `composite/...` models as a custom provider.
+
+Thin on purpose: each entry point builds a CompositeRequest and hands it to the async core in
+`service.py`. The async methods run on the caller's loop; the sync ones bridge to a background loop so
+fan-out stays parallel. Errors leave as LiteLLM exception types so status codes survive to proxy clients.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, AsyncIterator, Iterator, Optional, Union
+
+import litellm
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelResponseStream
+
+from . import errors, service
+from .bridge import iterate_sync, run_sync
+from .errors import CompositeConfigError
+from .profiles import REGISTRY, ProfileSource
+from .request import CompositeRequest, build_request
+from .response import StreamChunker, fill_model_response
+from .trace import Trace
+
+PROVIDER_NAME = "composite"
+Chunk = Union[ModelResponseStream, GenericStreamingChunk]
+
+
+def _build(model: str, messages: Any, api_base: Any, api_key: Any, optional_params: Any, litellm_params: Any,
+           timeout: Any) -> CompositeRequest:
+    try:
+        return build_request(model=model, messages=messages, api_base=api_base, api_key=api_key,
+                             optional_params=optional_params, litellm_params=litellm_params,
+                             timeout=timeout if isinstance(timeout, (int, float)) else None)
+    except CompositeConfigError as exc:
+        raise errors.bad_request(str(exc), model) from None
+
+
+def _config_errors_as_bad_request(exc: BaseException, model: str) -> BaseException:
+    return errors.bad_request(str(exc), model) if isinstance(exc, CompositeConfigError) else exc
+
+
+class CompositeProvider(CustomLLM):
+    """LiteLLM custom provider for `composite/...` model strings."""
+
+    # ------------------------------------------------------------------ non-streaming
+    async def acompletion(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+                          model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                          logging_obj: Any, optional_params: dict, acompletion: Any = None,
+                          litellm_params: Any = None, logger_fn: Any = None, headers: Any = None,
+                          timeout: Any = None, client: Any = None) -> ModelResponse:
+        request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
+        try:
+            result = await service.run(request)
+        except CompositeConfigError as exc:
+            raise _config_errors_as_bad_request(exc, model) from None
+        return fill_model_response(model_response, result, request.display_model)
+
+    def completion(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+                   model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                   logging_obj: Any, optional_params: dict, acompletion: Any = None, litellm_params: Any = None,
+                   logger_fn: Any = None, headers: Any = None, timeout: Any = None, client: Any = None) -> ModelResponse:
+        return run_sync(self.acompletion(model, messages, api_base, custom_prompt_dict, model_response,
+                                         print_verbose, encoding, api_key, logging_obj, optional_params,
+                                         acompletion, litellm_params, logger_fn, headers, timeout, client))
+
+    # ------------------------------------------------------------------ streaming
+    async def astreaming(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+                         model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                         logging_obj: Any, optional_params: dict, acompletion: Any = None,
+                         litellm_params: Any = None, logger_fn: Any = None, headers: Any = None,
+                         timeout: Any = None, client: Any = None) -> AsyncIterator[Chunk]:
+        request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
+        chunker = StreamChunker(request.display_model, request.request_id)
+        try:
+            async for item in service.stream(request):
+                if isinstance(item, Trace):
+                    # LiteLLM's streaming cost path reads the provider-reported cost (private attribute,
+                    # pinned litellm version, guarded by a regression test).
+                    if logging_obj is not None:
+                        logging_obj._provider_reported_cost = item.cost
+                    yield chunker.final(item)
+                    return
+                chunk = chunker.piece(item)
+                if chunk is not None:
+                    yield chunk
+        except CompositeConfigError as exc:
+            raise _config_errors_as_bad_request(exc, model) from None
+
+    def streaming(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+                  model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
+                  logging_obj: Any, optional_params: dict, acompletion: Any = None, litellm_params: Any = None,
+                  logger_fn: Any = None, headers: Any = None, timeout: Any = None, client: Any = None) -> Iterator[Chunk]:
+        return iterate_sync(self.astreaming(model, messages, api_base, custom_prompt_dict, model_response,
+                                            print_verbose, encoding, api_key, logging_obj, optional_params,
+                                            acompletion, litellm_params, logger_fn, headers, timeout, client))
+
+
+COMPOSITE_PROVIDER = CompositeProvider()
+_register_lock = threading.Lock()
+
+
+def register_composite_provider(profiles: Optional[ProfileSource] = None) -> CompositeProvider:
+    """Make `composite/...` models callable through LiteLLM. Idempotent; keeps other custom providers.
+
+    `profiles`: a YAML file, a folder of them or a dict document, searched before
+    `$COMPOSITE_LLM_PROFILES`, the proxy config and `./profiles/`. Validated now: errors raise here.
+    """
+    if profiles is not None:
+        REGISTRY.set_explicit(profiles)
+    with _register_lock:
+        entries = [e for e in (litellm.custom_provider_map or []) if e.get("provider") != PROVIDER_NAME]
+        entries.append({"provider": PROVIDER_NAME, "custom_handler": COMPOSITE_PROVIDER})
+        litellm.custom_provider_map = entries
+        _register_optional_providers()
+        litellm.utils.custom_llm_setup()
+    return COMPOSITE_PROVIDER
+
+
+def _register_optional_providers() -> None:
+    """Local llama.cpp models (`local/...`) register themselves too when that package is present."""
+    try:
+        from .local import register_local_provider
+    except ImportError:
+        return
+    register_local_provider()

@@ -1,0 +1,126 @@
+"""Translate OpenAI-style requests (as LiteLLM hands them over) into llama-cpp-python arguments.
+
+Kept apart from the runtime so it is testable without llama.cpp, and so the rules are in one place:
+- message content given as OpenAI content parts is flattened to its text parts (llama.cpp chat
+  templates only take strings; images cannot be used by these models anyway);
+- only parameters llama.cpp honours are forwarded; `max_tokens` gets a default, because small models
+  can otherwise loop until the context is full (minutes on a small CPU);
+- `n > 1` is refused rather than silently answered once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from composite_llm.local.errors import LocalModelError
+
+MAX_TOKENS_ENV = "COMPOSITE_LLM_LOCAL_MAX_TOKENS"
+DEFAULT_MAX_TOKENS = 1024
+
+#: OpenAI/LiteLLM names -> llama-cpp-python `create_chat_completion` names (same unless noted).
+_FORWARDED = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repeat_penalty": "repeat_penalty",
+    "repetition_penalty": "repeat_penalty",
+}
+_TEXT_PART_TYPES = {"text", "input_text", "output_text"}
+
+
+class UnsupportedLocalParam(LocalModelError):
+    """A request parameter local models cannot honour (mapped to HTTP 400)."""
+
+
+def flatten_content(content: Any) -> str:
+    """A message's content as one string: strings as-is, content parts reduced to their text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Mapping):
+        content = [content]
+    texts: list[str] = []
+    if isinstance(content, Iterable):
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, Mapping) and part.get("type", "text") in _TEXT_PART_TYPES:
+                text = part.get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+    return "\n".join(texts)
+
+
+def to_llama_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Messages reduced to `{role, content}` strings; `developer` becomes `system` (templates know it)."""
+    converted: list[dict[str, str]] = []
+    for message in messages:
+        role = str(message.get("role") or "user")
+        if role == "developer":
+            role = "system"
+        converted.append({"role": role, "content": flatten_content(message.get("content"))})
+    return converted
+
+
+def default_max_tokens() -> int:
+    raw = os.environ.get(MAX_TOKENS_ENV, "")
+    try:
+        value = int(raw)
+    except ValueError:
+        return DEFAULT_MAX_TOKENS
+    return value if value > 0 else DEFAULT_MAX_TOKENS
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """OpenAI `response_format` -> llama-cpp's (`json_object` with an optional schema, grammar-enforced)."""
+    if not isinstance(value, Mapping):
+        return None
+    kind = value.get("type")
+    if kind == "json_object":
+        schema = value.get("schema")
+        return {"type": "json_object", **({"schema": schema} if schema else {})}
+    if kind == "json_schema":
+        spec = value.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, Mapping) else None
+        return {"type": "json_object", **({"schema": schema} if schema else {})}
+    return None
+
+
+def _stop_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [s for s in value if isinstance(s, str) and s]
+
+
+def generation_kwargs(optional_params: Mapping[str, Any], model_stop: Iterable[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for `Llama.create_chat_completion` (without messages/stream)."""
+    params = dict(optional_params or {})
+    n = params.get("n")
+    if n not in (None, 1):
+        raise UnsupportedLocalParam(f"local models return one choice per request; got n={n}")
+    kwargs: dict[str, Any] = {}
+    for source, target in _FORWARDED.items():
+        value = params.get(source)
+        if value is not None:
+            kwargs[target] = value
+    max_tokens = params.get("max_tokens", params.get("max_completion_tokens"))
+    kwargs["max_tokens"] = int(max_tokens) if max_tokens else default_max_tokens()
+    stop = _stop_list(params.get("stop"))
+    for extra in model_stop:
+        if extra not in stop:
+            stop.append(extra)
+    if stop:
+        kwargs["stop"] = stop
+    response_format = _response_format(params.get("response_format"))
+    if response_format is not None:
+        kwargs["response_format"] = response_format
+    return kwargs

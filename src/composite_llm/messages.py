@@ -1,0 +1,94 @@
+"""Helpers over OpenAI-style message lists that keep the user's structure intact.
+
+Composite prompts are merged into the conversation without breaking it: one system message at most
+(ours is appended to the user's), and list (multimodal) content is kept as a list, never stringified.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def content_text(content: Any) -> str:
+    """The text parts of a message content, joined; images and other parts are left out."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+                parts.append(str(part.get("text", "")))
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return str(content)
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    if isinstance(message, dict):
+        return message
+    if hasattr(message, "model_dump"):
+        return message.model_dump(exclude_none=True)
+    return dict(message)
+
+
+def with_system_prompt(messages: list[Any], prompt: str) -> list[dict[str, Any]]:
+    """The conversation with `prompt` added to its system message (created first if there is none).
+
+    Only the first system message is extended; the list and the user's dicts are not mutated.
+    """
+    result = [_as_dict(m) for m in messages]
+    for index, message in enumerate(result):
+        if message.get("role") in ("system", "developer"):
+            content = message.get("content")
+            if isinstance(content, list):
+                merged: Any = list(content) + [{"type": "text", "text": prompt}]
+            else:
+                existing = content_text(content)
+                merged = f"{existing}\n\n{prompt}" if existing else prompt
+            result[index] = {**message, "content": merged}
+            return result
+    return [{"role": "system", "content": prompt}, *result]
+
+
+def last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        message = _as_dict(message)
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Reject conversations no strategy can answer, with a message saying what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of chat messages")
+    checked = []
+    for index, message in enumerate(messages):
+        try:
+            message = _as_dict(message)
+        except (TypeError, ValueError):
+            raise ValueError(f"messages[{index}] is not a chat message object") from None
+        role = message.get("role")
+        if role not in ("system", "developer", "user", "assistant", "tool", "function"):
+            raise ValueError(f"messages[{index}] has unknown role {role!r}")
+        checked.append(message)
+    if not any(m.get("role") == "user" for m in checked):
+        raise ValueError("messages contain no user message: nothing to answer")
+    return checked
+
+
+def response_labels(count: int) -> list[str]:
+    """Anonymous labels for member answers: Response A, B, ..., Z, AA, AB, ..."""
+    labels = []
+    for index in range(count):
+        name, n = "", index
+        while True:
+            name = chr(ord("A") + n % 26) + name
+            n = n // 26 - 1
+            if n < 0:
+                break
+        labels.append(f"Response {name}")
+    return labels

@@ -1,0 +1,375 @@
+"""Profiles: named topologies in YAML files, folders, Python dicts or the proxy's general_settings.
+
+One schema everywhere (a profile document):
+
+    providers:                      # shared connection bundles, referenced by nodes
+      cerebras: {litellm_params: {api_key: os.environ/CEREBRAS_API_KEY}}
+    profiles:
+      moa_light:
+        strategy: moa
+        description: ...
+        topology: {aggregator: {...}, proposers: [...], settings: {...}}
+
+Documents are validated when loaded, every problem reported at once with the file, the profile and the
+field path. Files are parsed once and re-read only when they change. Sources are searched in order:
+`register_composite_provider(profiles=...)`, `$COMPOSITE_LLM_PROFILES`, the proxy config's
+`general_settings.composite_llm` block, then `./profiles/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from .errors import CompositeConfigError
+from .schema import NodeConfig, ProviderBundle, StrictModel
+from .strategies import get_strategy, strategy_names
+
+logger = logging.getLogger("composite_llm")
+
+PROFILES_ENV = "COMPOSITE_LLM_PROFILES"
+DEFAULT_PROFILE_DIR = "profiles"
+YAML_SUFFIXES = (".yaml", ".yml")
+ProfileSource = Union[str, os.PathLike, dict]
+
+
+class ProfileSpec(StrictModel):
+    strategy: str = Field(min_length=1)
+    description: Optional[str] = None
+    topology: dict[str, Any] = Field(default_factory=dict)
+
+
+class TraceLogConfig(StrictModel):
+    """JSONL log of every composite request (one line per request, secrets redacted)."""
+
+    enabled: bool = True
+    path: str = "composite_traces.jsonl"
+
+
+class SeedObservability(StrictModel):
+    """The seed's `observability: {enabled, log_file}` block, read as a trace log setting."""
+
+    enabled: bool = False
+    log_file: Optional[str] = None
+
+
+class DocumentSettings(StrictModel):
+    """Top-level keys of a profile document besides providers/profiles."""
+
+    profiles_path: Optional[Union[str, list[str]]] = None
+    allow_request_overrides: bool = False
+    trace_log: Optional[TraceLogConfig] = None
+    observability: Optional[SeedObservability] = None
+    # The seed mapped strategy names to classes; strategies are registered in code here, so the block
+    # is accepted for compatibility and checked to name known strategies only.
+    strategy_registry: Optional[dict[str, str]] = None
+
+
+@dataclass
+class LoadedProfile:
+    """A validated profile ready to run."""
+
+    name: str
+    strategy: Any
+    topology: BaseModel
+    origin: str
+    providers: dict[str, ProviderBundle]
+    description: Optional[str] = None
+
+
+@dataclass
+class LoadedSource:
+    origin: str
+    providers: dict[str, ProviderBundle] = field(default_factory=dict)
+    profiles: dict[str, LoadedProfile] = field(default_factory=dict)
+    settings: DocumentSettings = field(default_factory=DocumentSettings)
+
+
+# --------------------------------------------------------------------------- validation
+def _loc(parts: Iterable[Any]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(root)"
+
+
+def _pydantic_problems(exc: ValidationError, prefix: str) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc = _loc([p for p in error["loc"] if p not in ("function-after", "function-before")])
+        path = f"{prefix}.{loc}" if loc != "(root)" else prefix
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (not allowed here)"
+        problems.append(f"{path}: {message}")
+    return problems
+
+
+def iter_nodes(value: Any) -> Iterable[NodeConfig]:
+    """Every NodeConfig inside a validated topology (at any depth, fallbacks included)."""
+    if isinstance(value, NodeConfig):
+        yield value
+        for fallback in value.fallbacks:
+            yield from iter_nodes(fallback)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from iter_nodes(getattr(value, name))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from iter_nodes(item)
+
+
+def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -> LoadedSource:
+    """Validate one profile document; raise CompositeConfigError listing every problem found."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CompositeConfigError(f"{origin}: expected a mapping with 'providers' and 'profiles', "
+                                   f"got {type(data).__name__}")
+    problems: list[str] = []
+    source = LoadedSource(origin=origin)
+    extra = {k: v for k, v in data.items() if k not in ("providers", "profiles")}
+    try:
+        source.settings = DocumentSettings.model_validate(extra)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, "(top level)")
+    for name in (source.settings.strategy_registry or {}):
+        try:
+            get_strategy(name)
+        except CompositeConfigError as exc:
+            problems.append(f"strategy_registry.{name}: {exc}")
+
+    providers_raw = data.get("providers") or {}
+    if not isinstance(providers_raw, dict):
+        problems.append("providers: expected a mapping of bundle name -> {litellm_params: {...}}")
+        providers_raw = {}
+    for name, raw in providers_raw.items():
+        try:
+            source.providers[str(name)] = ProviderBundle.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, f"providers.{name}")
+
+    profiles_raw = data.get("profiles") or {}
+    if not isinstance(profiles_raw, dict):
+        problems.append("profiles: expected a mapping of profile name -> {strategy, topology}")
+        profiles_raw = {}
+    for name, raw in profiles_raw.items():
+        name = str(name)
+        prefix = f"profile {name!r}"
+        try:
+            spec = ProfileSpec.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, prefix)
+            continue
+        try:
+            strategy = get_strategy(spec.strategy)
+        except CompositeConfigError as exc:
+            problems.append(f"{prefix}: strategy: {exc}")
+            continue
+        try:
+            topology = strategy.topology_model.model_validate(spec.topology)
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, f"{prefix}: topology")
+            continue
+        for node in iter_nodes(topology):
+            if node.provider and node.provider not in source.providers:
+                known = ", ".join(sorted(source.providers)) or "none defined"
+                problems.append(f"{prefix}: node {node.label!r} uses unknown provider {node.provider!r} "
+                                f"(known: {known})")
+        source.profiles[name] = LoadedProfile(name=name, strategy=strategy, topology=topology, origin=origin,
+                                              providers=source.providers, description=spec.description)
+    if problems:
+        raise CompositeConfigError(f"invalid composite profiles in {origin}:\n  - " + "\n  - ".join(problems))
+    return source
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CompositeConfigError(f"cannot read profile file {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise CompositeConfigError(f"invalid YAML in profile file {path}{where}: {problem}") from None
+
+
+def _merge(target: LoadedSource, other: LoadedSource) -> None:
+    """Merge a file of a folder into the folder's source; the same name twice is an error."""
+    for name, bundle in other.providers.items():
+        if name in target.providers and target.providers[name] != bundle:
+            raise CompositeConfigError(f"provider bundle {name!r} is defined differently in {target.origin} "
+                                       f"and {other.origin}")
+        target.providers[name] = bundle
+    for name, profile in other.profiles.items():
+        if name in target.profiles:
+            raise CompositeConfigError(f"profile {name!r} is defined twice: in {target.profiles[name].origin} "
+                                       f"and {profile.origin}")
+        target.profiles[name] = profile
+    if other.settings.trace_log and not target.settings.trace_log:
+        target.settings.trace_log = other.settings.trace_log
+
+
+# --------------------------------------------------------------------------- loading with a cache
+class _FileCache:
+    """Parsed documents keyed by path, re-parsed only when mtime or size changes."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[tuple[int, int], LoadedSource]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, path: Path) -> LoadedSource:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise CompositeConfigError(f"profile file {path} not found ({exc.strerror})") from None
+        key = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._entries.get(path)
+        if cached and cached[0] == key:
+            return cached[1]
+        source = parse_document(_read_yaml(path), str(path), base_dir=path.parent)
+        with self._lock:
+            self._entries[path] = (key, source)
+        return source
+
+
+_files = _FileCache()
+
+
+def _load_path(path: Path, *, label: Optional[str] = None) -> LoadedSource:
+    """A file, or every *.yaml/*.yml of a folder merged (sorted, so errors are reproducible)."""
+    if path.is_dir():
+        merged = LoadedSource(origin=label or str(path))
+        for child in sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file()):
+            part = _files.load(child)
+            _merge(merged, part)
+        return merged
+    if not path.exists():
+        raise CompositeConfigError(f"profile path {path} does not exist" + (f" (from {label})" if label else ""))
+    return _files.load(path)
+
+
+def load_profiles(source: ProfileSource) -> LoadedSource:
+    """Load and validate profiles from a YAML file, a folder of them, or a dict document."""
+    if isinstance(source, dict):
+        return parse_document(source, "<profiles dict>")
+    return _load_path(Path(source).expanduser())
+
+
+def _proxy_block() -> tuple[Optional[dict[str, Any]], Optional[Path]]:
+    """The proxy's `general_settings.composite_llm` block, if running inside the LiteLLM proxy.
+
+    Read at request time and only when the proxy module is already imported (importing it costs ~5 s).
+    """
+    proxy = sys.modules.get("litellm.proxy.proxy_server")
+    if proxy is None:
+        return None, None
+    settings = getattr(proxy, "general_settings", None) or {}
+    block = settings.get("composite_llm") if isinstance(settings, dict) else None
+    config_path = getattr(proxy, "user_config_file_path", None)
+    return block, (Path(config_path).parent if config_path else None)
+
+
+def load_proxy_block(block: Any, base_dir: Optional[Path] = None) -> LoadedSource:
+    """The proxy block: inline providers/profiles plus any files named by `profiles_path`."""
+    origin = "proxy config general_settings.composite_llm"
+    source = parse_document(block, origin)
+    paths = source.settings.profiles_path
+    for raw in ([paths] if isinstance(paths, str) else (paths or [])):
+        path = Path(os.path.expandvars(raw)).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        _merge(source, _load_path(path, label=f"{origin}.profiles_path"))
+    return source
+
+
+class ProfileRegistry:
+    """Finds profiles across all sources, in precedence order, with caching."""
+
+    def __init__(self) -> None:
+        self._explicit: Optional[ProfileSource] = None
+        self._explicit_dict: Optional[LoadedSource] = None
+        self._proxy_cache: Optional[tuple[Any, LoadedSource]] = None
+        self._lock = threading.Lock()
+
+    def set_explicit(self, source: Optional[ProfileSource]) -> None:
+        """Use `source` first (validated now, so a bad file fails at registration)."""
+        loaded = load_profiles(source) if source is not None else None
+        with self._lock:
+            self._explicit = source
+            self._explicit_dict = loaded if isinstance(source, dict) else None
+
+    def sources(self) -> list[LoadedSource]:
+        found: list[LoadedSource] = []
+        if self._explicit is not None:
+            found.append(self._explicit_dict or load_profiles(self._explicit))
+        env = os.environ.get(PROFILES_ENV)
+        if env:
+            for part in env.split(os.pathsep):
+                if part.strip():
+                    found.append(_load_path(Path(part.strip()).expanduser(), label=f"${PROFILES_ENV}"))
+        block, base_dir = _proxy_block()
+        if block is not None:
+            found.append(self._proxy_source(block, base_dir))
+        local = Path.cwd() / DEFAULT_PROFILE_DIR
+        if local.is_dir():
+            found.append(_load_path(local))
+        return found
+
+    def _proxy_source(self, block: Any, base_dir: Optional[Path]) -> LoadedSource:
+        cached = self._proxy_cache
+        if cached is not None and cached[0] == block and not cached[1].settings.profiles_path:
+            return cached[1]
+        source = load_proxy_block(block, base_dir)
+        self._proxy_cache = (_snapshot(block), source)
+        return source
+
+    def get(self, name: str) -> LoadedProfile:
+        sources = self.sources()
+        for source in sources:
+            if name in source.profiles:
+                return source.profiles[name]
+        known = sorted({n for s in sources for n in s.profiles})
+        where = ", ".join(s.origin for s in sources) or (
+            f"no profile sources (pass profiles= to register_composite_provider, set ${PROFILES_ENV}, "
+            f"or create ./{DEFAULT_PROFILE_DIR}/)"
+        )
+        raise CompositeConfigError(
+            f"unknown profile {name!r}; known profiles: {', '.join(known) or 'none'} (searched: {where})"
+        )
+
+    def names(self) -> list[str]:
+        return sorted({n for s in self.sources() for n in s.profiles})
+
+    def document_settings(self) -> DocumentSettings:
+        """Document-level settings of the highest-precedence source that sets them."""
+        merged = DocumentSettings()
+        for source in reversed(self.sources()):
+            for key in ("trace_log", "observability"):
+                if getattr(source.settings, key) is not None:
+                    setattr(merged, key, getattr(source.settings, key))
+            if source.settings.allow_request_overrides:
+                merged.allow_request_overrides = True
+        return merged
+
+
+def _snapshot(block: Any) -> Any:
+    """A deep copy for change detection (the proxy may mutate its settings dict in place)."""
+    import copy
+
+    return copy.deepcopy(block)
+
+
+REGISTRY = ProfileRegistry()

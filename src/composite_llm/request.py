@@ -1,0 +1,192 @@
+"""From what LiteLLM hands the provider to a validated, ready-to-run composite request.
+
+Inline parameters arrive three ways and are merged in this order (later wins): plain kwargs
+(`proposers=[...]`), a nested `optional_params={...}` kwarg (the seed's form), and `extra_body`. OpenAI
+parameters are split into those every sub-call gets (temperature, seed, ...) and those only the final
+stage gets (tools, response_format, max_tokens, stop, ...). Anything else is an error that names it.
+
+Under the LiteLLM proxy, parameters found in the client's request body may not change the topology or
+redirect sub-calls (api_base/api_key) unless the operator set `allow_request_overrides: true`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pydantic import ValidationError
+
+from .errors import CompositeConfigError
+from .messages import validate_messages
+from .model_string import ModelTarget, parse_model_string
+from .profiles import REGISTRY, DocumentSettings, LoadedProfile, _pydantic_problems
+from .schema import ProviderBundle
+from .strategies import get_strategy
+from .trace import Trace
+
+# Sampling parameters: every sub-call gets them unless its node sets its own.
+MEMBER_PARAMS = frozenset({
+    "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "user",
+    "reasoning_effort", "thinking", "top_k", "safety_identifier",
+})
+# Parameters that shape the answer the client receives: only the final stage gets them.
+FINAL_PARAMS = frozenset({
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "max_tokens", "max_completion_tokens",
+    "stop", "logprobs", "top_logprobs", "functions", "function_call", "modalities", "audio", "prediction",
+    "web_search_options", "verbosity",
+})
+# Handled by the provider itself.
+TRANSPORT_PARAMS = frozenset({"stream", "stream_options", "n"})
+INTERNAL_PARAMS = frozenset({"composite_depth", "composite_stack"})
+NESTED_KEYS = ("optional_params", "extra_body")
+ROUTING_KEYS = frozenset({"api_base", "api_key", "base_url"})
+
+
+@dataclass
+class CompositeRequest:
+    """Everything a strategy run needs, validated."""
+
+    target: ModelTarget
+    display_model: str
+    strategy: Any
+    topology: Any
+    providers: dict[str, ProviderBundle]
+    messages: list[dict[str, Any]]
+    shared_params: dict[str, Any]
+    final_params: dict[str, Any]
+    defaults: dict[str, Any]
+    timeout: Optional[float]
+    depth: int = 0
+    stack: tuple[str, ...] = ()
+    profile: Optional[str] = None
+    document_settings: DocumentSettings = field(default_factory=DocumentSettings)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def new_trace(self) -> Trace:
+        return Trace(request_id=self.request_id, model=self.display_model, strategy=self.strategy.name,
+                     profile=self.profile)
+
+
+def _flatten(optional_params: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: v for k, v in optional_params.items() if k not in NESTED_KEYS}
+    for key in NESTED_KEYS:
+        nested = optional_params.get(key)
+        if nested is None:
+            continue
+        if not isinstance(nested, dict):
+            raise CompositeConfigError(f"{key} must be a mapping, got {type(nested).__name__}")
+        merged.update(nested)
+    return merged
+
+
+def _client_keys(litellm_params: dict[str, Any]) -> Optional[set[str]]:
+    """Keys the proxy client sent in its request body; None when not running behind the proxy."""
+    proxy_request = (litellm_params or {}).get("proxy_server_request")
+    if not proxy_request:
+        return None
+    body = proxy_request.get("body") if isinstance(proxy_request, dict) else None
+    if not isinstance(body, dict):
+        return set()
+    keys = set(body)
+    for key in NESTED_KEYS:
+        if isinstance(body.get(key), dict):
+            keys |= set(body[key])
+    return keys
+
+
+def build_request(
+    *,
+    model: str,
+    messages: Any,
+    api_base: Optional[str],
+    api_key: Optional[str],
+    optional_params: Optional[dict[str, Any]],
+    litellm_params: Optional[dict[str, Any]],
+    timeout: Optional[float],
+) -> CompositeRequest:
+    """Validate and resolve a composite request (raises CompositeConfigError with a clear message)."""
+    target = parse_model_string(model)
+    params = _flatten(dict(optional_params or {}))
+    depth = int(params.pop("composite_depth", 0) or 0)
+    stack = tuple(params.pop("composite_stack", None) or ())
+    try:
+        checked_messages = validate_messages(messages)
+    except ValueError as exc:
+        raise CompositeConfigError(f"{target.display_name}: {exc}") from None
+    if params.get("n") not in (None, 1):
+        raise CompositeConfigError(f"{target.display_name}: n={params['n']} is not supported (one answer per request)")
+
+    if target.profile is not None:
+        profile = REGISTRY.get(target.profile)
+        strategy, providers = profile.strategy, profile.providers
+    else:
+        profile = None
+        strategy, providers = get_strategy(target.strategy or ""), {}
+
+    inline = {k: params.pop(k) for k in list(params) if k in strategy.inline_keys}
+    shared = {k: params.pop(k) for k in list(params) if k in MEMBER_PARAMS}
+    final = {k: params.pop(k) for k in list(params) if k in FINAL_PARAMS}
+    for key in TRANSPORT_PARAMS:
+        params.pop(key, None)
+    if params:
+        accepted = sorted(strategy.inline_keys | MEMBER_PARAMS | FINAL_PARAMS)
+        raise CompositeConfigError(
+            f"{target.display_name}: unknown parameter(s) {', '.join(sorted(params))} for strategy "
+            f"{strategy.name!r}; accepted: {', '.join(accepted)}"
+        )
+
+    document_settings = REGISTRY.document_settings()
+    client_keys = _client_keys(litellm_params or {})
+    if client_keys is not None and not document_settings.allow_request_overrides:
+        blocked = sorted((set(inline) & client_keys) | (ROUTING_KEYS & client_keys))
+        if blocked:
+            raise CompositeConfigError(
+                f"{target.display_name}: request parameter(s) {', '.join(blocked)} may not change the topology or "
+                "redirect sub-calls through the proxy (set general_settings.composite_llm.allow_request_overrides: "
+                "true to allow it)"
+            )
+
+    topology = _topology(target, strategy, profile, inline)
+    return CompositeRequest(
+        target=target,
+        display_model=target.display_name,
+        strategy=strategy,
+        topology=topology,
+        providers=providers,
+        messages=checked_messages,
+        shared_params=shared,
+        final_params=final,
+        defaults={"api_base": api_base, "api_key": api_key},
+        timeout=float(timeout) if timeout else None,
+        depth=depth,
+        stack=(*stack, target.display_name),
+        profile=target.profile,
+        document_settings=document_settings,
+    )
+
+
+def _topology(target: ModelTarget, strategy: Any, profile: Optional[LoadedProfile], inline: dict[str, Any]) -> Any:
+    """The validated topology: the profile's (with inline overrides) or one built from inline params."""
+    if profile is not None:
+        if not inline:
+            return profile.topology
+        data = profile.topology.model_dump(exclude_unset=True)
+        overrides = dict(inline)
+        settings = {**data.get("settings", {}), **(overrides.pop("settings", None) or {})}
+        settings_field = strategy.topology_model.model_fields.get("settings")
+        settings_fields = getattr(settings_field.annotation, "model_fields", {}) if settings_field else {}
+        settings.update({k: overrides.pop(k) for k in list(overrides) if k in settings_fields})
+        data.update(overrides)
+        data["settings"] = settings
+        where = f"profile {profile.name!r} with request overrides"
+    else:
+        data = strategy.topology_from_inline(target.final_model or "", inline)
+        if target.cli_spec:
+            data.setdefault("cli", target.cli_spec)
+        where = f"{target.display_name} inline parameters"
+    try:
+        return strategy.topology_model.model_validate(data)
+    except ValidationError as exc:
+        raise CompositeConfigError(f"invalid topology for {where}:\n  - "
+                                   + "\n  - ".join(_pydantic_problems(exc, "topology"))) from None

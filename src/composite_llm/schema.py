@@ -1,0 +1,88 @@
+"""Pydantic building blocks shared by every topology: nodes, provider bundles, fan-out settings.
+
+Strategy modules define their own topology model from these pieces; `profiles.py` validates a profile's
+`topology` against the model of its strategy. Every model forbids unknown keys, so a typo in YAML is an
+error that names the field instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENV_REF_PREFIX = "os.environ/"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ProviderBundle(StrictModel):
+    """Shared connection settings (api_base, api_key, ...) that nodes refer to by name."""
+
+    litellm_params: dict[str, Any] = Field(default_factory=dict)
+
+
+class NodeConfig(StrictModel):
+    """One model call in a topology.
+
+    `model` is any LiteLLM model string, including another `composite/...` model. `provider` names a
+    bundle of shared litellm params; `params` are this node's own (they win over the bundle's).
+    A plain string is accepted as shorthand for `{model: <string>}`.
+    """
+
+    model: str = Field(min_length=1)
+    provider: Optional[str] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    name: Optional[str] = Field(default=None, description="label shown in traces instead of the model")
+    timeout_s: Optional[float] = Field(default=None, gt=0)
+    fallbacks: list["NodeConfig"] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"model": value}
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _no_blank_model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must not be blank")
+        return value.strip()
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def is_composite(self) -> bool:
+        return self.model.startswith("composite/")
+
+
+class FanOutSettings(StrictModel):
+    """How a parallel stage treats slow and failing members.
+
+    quorum: fewest successful answers the stage needs; fewer is an error.
+    grace_s: once `quorum` answers are in, wait at most this long for the rest, then cancel them.
+        None waits for every member (each still bounded by its timeout).
+    deadline_s: hard cap on the stage; stragglers are cancelled at the deadline.
+    member_timeout_s: per-call timeout for members that set none (also bounded by the request timeout).
+    retries: extra attempts per sub-call on transient errors (429, 5xx, connection).
+    member_tools: pass the client's tools to members too (by default only the final stage sees them).
+    """
+
+    quorum: int = Field(default=1, ge=1)
+    grace_s: Optional[float] = Field(default=None, ge=0)
+    deadline_s: Optional[float] = Field(default=None, gt=0)
+    member_timeout_s: Optional[float] = Field(default=None, gt=0)
+    retries: int = Field(default=1, ge=0, le=5)
+    member_tools: bool = False
+
+
+def check_quorum(settings: FanOutSettings, members: int, field: str) -> None:
+    """Reject a quorum that can never be met (raised inside a validator, so the path is reported)."""
+    if settings.quorum > members:
+        raise ValueError(f"settings.quorum={settings.quorum} exceeds the {members} members of {field}")

@@ -1,0 +1,107 @@
+"""The async core every entry point runs: a CompositeRequest in, an answer (or a stream) out.
+
+Non-streaming: the strategy prepares, then the final step runs as one call. Streaming: the strategy
+prepares while its progress lines stream as reasoning deltas, then the final stage streams token by
+token. Either way the Trace holds every sub-call, and the request is logged once at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional
+
+from .engine import MemberResult, RunContext, StreamPiece
+from .redact import redact
+from .request import CompositeRequest
+from .strategies import FinalCall, FinalText
+from .trace import Trace
+from .trace_log import write_trace
+
+
+@dataclass
+class CompositeResult:
+    text: str
+    message: Any
+    finish_reason: str
+    trace: Trace
+
+
+def _context(request: CompositeRequest, trace: Trace, progress: Any = None) -> RunContext:
+    return RunContext(
+        trace=trace,
+        providers=request.providers,
+        shared_params=request.shared_params,
+        final_params=request.final_params,
+        defaults=request.defaults,
+        timeout=request.timeout,
+        depth=request.depth,
+        stack=request.stack,
+        progress=progress,
+        where=request.display_model,
+    )
+
+
+def _finish(request: CompositeRequest, trace: Trace, error: Optional[BaseException] = None) -> None:
+    trace.finished = time.monotonic()
+    write_trace(trace, request.document_settings, error=redact(str(error)) if error else None)
+
+
+async def run(request: CompositeRequest) -> CompositeResult:
+    trace = request.new_trace()
+    ctx = _context(request, trace)
+    try:
+        step = await request.strategy.prepare(ctx, request.topology, request.messages)
+        if isinstance(step, FinalText):
+            result = CompositeResult(step.text, None, step.finish_reason, trace)
+        else:
+            member: MemberResult = (
+                await ctx.final_call(step.candidates, step.messages, settings=step.settings)
+                if isinstance(step, FinalCall) else await step.complete(ctx)
+            )
+            result = CompositeResult(member.text, member.message, member.finish_reason or "stop", trace)
+    except BaseException as exc:
+        _finish(request, trace, exc)
+        raise
+    _finish(request, trace)
+    return result
+
+
+async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace]:
+    """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last."""
+    trace = request.new_trace()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    ctx = _context(request, trace, progress=queue.put_nowait)
+    preparing = asyncio.ensure_future(request.strategy.prepare(ctx, request.topology, request.messages))
+    try:
+        yield StreamPiece(reasoning=f"composite {request.strategy.name} · {request.display_model}\n")
+        while not preparing.done() or not queue.empty():
+            if queue.empty():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({preparing, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                line = getter.result()
+            else:
+                line = queue.get_nowait()
+            yield StreamPiece(reasoning=line + "\n")
+        step = preparing.result()
+        if isinstance(step, FinalText):
+            yield StreamPiece(content=step.text, finish_reason=step.finish_reason)
+        else:
+            pieces = (ctx.final_stream(step.candidates, step.messages, settings=step.settings)
+                      if isinstance(step, FinalCall) else step.stream(ctx))
+            async with aclosing(pieces):
+                async for piece in pieces:
+                    yield piece
+    except BaseException as exc:
+        if not preparing.done():
+            preparing.cancel()
+            await asyncio.gather(preparing, return_exceptions=True)
+        _finish(request, trace, exc)
+        raise
+    _finish(request, trace)
+    yield trace

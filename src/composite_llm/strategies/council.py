@@ -1,0 +1,254 @@
+"""LLM Council (after karpathy/llm-council): answer, review anonymously, synthesize.
+
+Stage 1: every member answers in parallel. Stage 2: each reviewer sees the answers as "Response A, B, ..."
+in its own shuffled order (optionally without its own answer), critiques them and ends with a
+`FINAL RANKING:` list; rankings are parsed (with a fallback) and averaged by rank position. Stage 3: the
+chairman writes the final answer from the answers, the reviews (relabelled to one shared labelling) and
+the aggregate ranking. No prompt ever contains a model name.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+from pydantic import Field, model_validator
+
+from ..engine import MemberResult, RunContext
+from ..messages import response_labels, with_system_prompt
+from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum
+from .base import FinalCall, final_candidates, split_settings
+
+REVIEW_SYSTEM_PROMPT = """\
+You are a careful reviewer. Other assistants answered the most recent user message of this conversation;
+you will evaluate their responses, not answer the question yourself."""
+
+REVIEW_REQUEST = """\
+Here are the responses to evaluate, each under an anonymous label:
+
+{responses}
+
+For each response, say briefly what it gets right and what it gets wrong (accuracy first, then
+completeness and clarity). Then end your reply with a ranking from best to worst in exactly this form:
+
+FINAL RANKING:
+1. Response X
+2. Response Y
+
+List every response label once, one per line, and write nothing after the ranking."""
+
+CHAIRMAN_PROMPT = """\
+You chair a council of assistants. They answered the most recent user message, then reviewed each other's
+answers anonymously. Using their answers, the reviews and the aggregate ranking below, write the single
+best final answer to the user: correct the errors the reviews found, keep what is right, and answer
+directly, in the form the user asked for. Do not mention the council, the reviews or the labels.
+
+## Answers
+{responses}
+
+## Reviews
+{reviews}
+
+## Aggregate ranking (best first, by mean rank position)
+{ranking}"""
+
+RESPONSE_BLOCK = "### {label}\n{text}"
+_FINAL_RANKING = re.compile(r"FINAL\s+RANKING\s*:?", re.IGNORECASE)
+_LABEL = re.compile(r"\bResponse\s+([A-Z]{1,2})\b")
+
+
+class CouncilSettings(FanOutSettings):
+    """Council settings; the fan-out fields apply to stage 1.
+
+    review_quorum: fewest reviews stage 2 needs (0: the chairman may proceed without any).
+    skip_own_answer: a reviewer that is also a member does not see its own answer.
+    shuffle: each reviewer sees the answers in its own random order (position bias); `seed` fixes it.
+    max_council_size: reject topologies with more members (kept from the seed's profiles).
+    include_stage_summaries_in_reasoning: show member answer previews in reasoning_content.
+    """
+
+    review_quorum: int = Field(default=0, ge=0)
+    skip_own_answer: bool = False
+    shuffle: bool = True
+    seed: Optional[int] = None
+    max_council_size: Optional[int] = Field(default=None, ge=1)
+    include_stage_summaries_in_reasoning: bool = True
+
+
+class CouncilTopology(StrictModel):
+    chairman: NodeConfig
+    council: list[NodeConfig] = Field(min_length=1)
+    reviewers: Optional[list[NodeConfig]] = None
+    settings: CouncilSettings = Field(default_factory=CouncilSettings)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "CouncilTopology":
+        size = self.settings.max_council_size
+        if size is not None and len(self.council) > size:
+            raise ValueError(f"council has {len(self.council)} members, more than settings.max_council_size={size}")
+        check_quorum(self.settings, len(self.council), "council")
+        reviewers = len(self.reviewers) if self.reviewers is not None else len(self.council)
+        if self.settings.review_quorum > reviewers:
+            raise ValueError(f"settings.review_quorum={self.settings.review_quorum} exceeds the {reviewers} reviewers")
+        return self
+
+
+@dataclass
+class ParsedRanking:
+    """One reviewer's ranking, in canonical member-answer indices, and how it was read."""
+
+    reviewer: str
+    order: list[int]
+    method: str  # "final_ranking", "fallback" or "none"
+
+
+def parse_ranking(text: str, labels: list[str]) -> tuple[list[str], str]:
+    """Labels in ranked order from a review. Reads the `FINAL RANKING:` block; without one, falls back
+    to the order in which labels are first mentioned. Unknown and repeated labels are skipped."""
+    valid = {label.split()[-1] for label in labels}
+    match = None
+    for match in _FINAL_RANKING.finditer(text):
+        pass
+    section, method = (text[match.end():], "final_ranking") if match else (text, "fallback")
+    ranked: list[str] = []
+    for found in _LABEL.finditer(section):
+        letter = found.group(1)
+        if letter in valid and f"Response {letter}" not in ranked:
+            ranked.append(f"Response {letter}")
+    if match and not ranked:
+        return parse_ranking(text[: match.start()], labels)[0], "fallback"
+    return ranked, (method if ranked else "none")
+
+
+def aggregate_rankings(rankings: list[ParsedRanking], count: int) -> list[dict[str, Any]]:
+    """Mean rank position per answer (1 = best), best first; unranked answers go last."""
+    positions: dict[int, list[int]] = {i: [] for i in range(count)}
+    for ranking in rankings:
+        for position, index in enumerate(ranking.order, start=1):
+            positions[index].append(position)
+    labels = response_labels(count)
+    rows = [{"response": labels[i], "index": i, "mean_rank": (sum(p) / len(p)) if p else None, "votes": len(p)}
+            for i, p in positions.items()]
+    rows.sort(key=lambda r: (r["mean_rank"] is None, r["mean_rank"] or 0.0, -r["votes"], r["index"]))
+    return rows
+
+
+def _relabel(text: str, mapping: dict[str, str]) -> str:
+    """Rewrite a reviewer's own labels into the shared labelling the chairman sees."""
+    return _LABEL.sub(lambda m: mapping.get(f"Response {m.group(1)}", m.group(0)), text)
+
+
+class CouncilStrategy:
+    name: ClassVar[str] = "council"
+    topology_model: ClassVar[type[CouncilTopology]] = CouncilTopology
+    inline_keys: ClassVar[frozenset[str]] = frozenset(
+        {"council", "council_models", "members", "chairman", "chairman_model", "reviewers", "reviewer_models",
+         "settings"}
+    ) | frozenset(CouncilSettings.model_fields)
+
+    def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
+        topology: dict[str, Any] = {
+            "chairman": inline.get("chairman") or inline.get("chairman_model") or final_model,
+            "settings": split_settings(inline, CouncilSettings),
+        }
+        for key in ("council", "council_models", "members"):
+            if key in inline:
+                topology["council"] = inline[key]
+                break
+        for key in ("reviewers", "reviewer_models"):
+            if key in inline:
+                topology["reviewers"] = inline[key]
+        return topology
+
+    def member_models(self, topology: CouncilTopology) -> list[str]:
+        nodes = [*topology.council, *(topology.reviewers or []), topology.chairman, *topology.chairman.fallbacks]
+        return [n.model for n in nodes]
+
+    async def prepare(self, ctx: RunContext, topology: CouncilTopology, messages: list[Any]) -> FinalCall:
+        settings = topology.settings
+        ctx.trace.show_previews = settings.include_stage_summaries_in_reasoning
+        members = ctx.plan_all(topology.council, role="member", stage="stage 1 answers")
+        explicit_reviewers = (ctx.plan_all(topology.reviewers, role="reviewer", stage="stage 2 reviews")
+                              if topology.reviewers is not None else None)
+        candidates = final_candidates(ctx, topology.chairman, role="chairman", stage="stage 3 synthesis")
+
+        stage1 = await ctx.fan_out([(m, messages) for m in members], settings=settings, stage="stage 1 answers")
+        answers = stage1.answers
+        labels = response_labels(len(answers))
+
+        if len(answers) < 2:
+            ctx.trace.notes.append("stage 2 skipped: fewer than two answers to rank")
+            reviews: list[tuple[MemberResult, dict[str, str]]] = []
+            rankings: list[ParsedRanking] = []
+        else:
+            reviews, rankings = await self._review(ctx, topology, messages, answers, labels, explicit_reviewers)
+
+        aggregate = aggregate_rankings(rankings, len(answers))
+        self._record_rankings(ctx, rankings, aggregate, answers, labels)
+        prompt = CHAIRMAN_PROMPT.format(
+            responses="\n\n".join(RESPONSE_BLOCK.format(label=l, text=a.text.strip()) for l, a in zip(labels, answers)),
+            reviews="\n\n".join(f"### Review {i + 1}\n{_relabel(r.text.strip(), mapping)}"
+                                for i, (r, mapping) in enumerate(reviews)) or "(no reviews)",
+            ranking="\n".join(f"{pos}. {row['response']} (mean rank {row['mean_rank']:.2f}, {row['votes']} votes)"
+                              for pos, row in enumerate(aggregate, start=1) if row["mean_rank"] is not None)
+            or "(no rankings)",
+        )
+        return FinalCall(candidates=candidates, messages=with_system_prompt(messages, prompt), settings=settings)
+
+    async def _review(
+        self,
+        ctx: RunContext,
+        topology: CouncilTopology,
+        messages: list[Any],
+        answers: list[MemberResult],
+        labels: list[str],
+        explicit_reviewers: Optional[list[Any]],
+    ) -> tuple[list[tuple[MemberResult, dict[str, str]]], list[ParsedRanking]]:
+        settings = topology.settings
+        if explicit_reviewers is not None:
+            reviewers = [(call, None) for call in explicit_reviewers]
+        else:  # members review; those that failed stage 1 are not asked
+            reviewers = [(ctx.plan(a.call.node, role="reviewer", stage="stage 2 reviews"), index)
+                         for index, a in enumerate(answers)]
+        rng = random.Random(settings.seed) if settings.seed is not None else ctx.rng
+        items, views = [], []
+        review_messages = with_system_prompt(messages, REVIEW_SYSTEM_PROMPT)
+        for call, own_index in reviewers:
+            shown = [i for i in range(len(answers)) if not (settings.skip_own_answer and i == own_index)]
+            if settings.shuffle:
+                rng.shuffle(shown)
+            view_labels = response_labels(len(shown))
+            block = "\n\n".join(RESPONSE_BLOCK.format(label=vl, text=answers[i].text.strip())
+                                for vl, i in zip(view_labels, shown))
+            items.append((call, [*review_messages, {"role": "user", "content": REVIEW_REQUEST.format(responses=block)}]))
+            views.append((view_labels, shown))
+        outcome = await ctx.fan_out(items, settings=settings, stage="stage 2 reviews", quorum=settings.review_quorum)
+        reviews, rankings = [], []
+        for result, (view_labels, shown) in zip(outcome.results, views):
+            if not result.ok:
+                continue
+            mapping = {vl: labels[i] for vl, i in zip(view_labels, shown)}
+            ranked, method = parse_ranking(result.text, view_labels)
+            order = [shown[view_labels.index(label)] for label in ranked]
+            rankings.append(ParsedRanking(reviewer=result.call.label, order=order, method=method))
+            result.record.extra["ranking"] = [labels[i] for i in order]
+            result.record.extra["ranking_parse"] = method
+            reviews.append((result, mapping))
+        return reviews, rankings
+
+    @staticmethod
+    def _record_rankings(ctx: RunContext, rankings: list[ParsedRanking], aggregate: list[dict[str, Any]],
+                         answers: list[MemberResult], labels: list[str]) -> None:
+        ctx.trace.details["council"] = {
+            "labels": {label: a.call.label for label, a in zip(labels, answers)},
+            "rankings": [{"reviewer": r.reviewer, "ranking": [labels[i] for i in r.order], "parsed_by": r.method}
+                         for r in rankings],
+            "aggregate": [{**row, "member": answers[row["index"]].call.label} for row in aggregate],
+        }
+        lines = [f"{pos}. {row['response']} = {answers[row['index']].call.label}: "
+                 f"mean rank {row['mean_rank']:.2f} over {row['votes']} reviews"
+                 for pos, row in enumerate(aggregate, start=1) if row["mean_rank"] is not None]
+        if rankings:
+            ctx.trace.details["aggregate ranking"] = "\n".join(lines) or "no review contained a usable ranking"

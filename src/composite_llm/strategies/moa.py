@@ -1,0 +1,112 @@
+"""Mixture-of-Agents (Wang et al. 2024): layers of proposers, then one aggregator.
+
+Layer 1 answers the conversation as is. Each later layer, and finally the aggregator, sees the previous
+layer's answers through the aggregate-and-synthesize prompt merged into the system message. Answers are
+labelled "Response A, B, ..." with no model names; failed members are left out, never pasted in.
+Self-MoA (one strong model sampled several times) is the same topology with repeated nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+from pydantic import Field, model_validator
+
+from ..engine import RunContext, StageResult
+from ..messages import response_labels, with_system_prompt
+from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum
+from .base import FinalCall, final_candidates, split_settings
+
+AGGREGATE_PROMPT = """\
+Several assistants have answered the most recent user message. Their responses are below.
+Write one answer of your own that is better than any of them:
+- judge each response critically: some may be wrong, partial or biased, and agreement is not proof;
+- keep what is correct and useful, fix what is wrong, fill gaps;
+- do not copy a response verbatim or mention that there were several responses;
+- answer in the form and language the user asked for.
+
+{responses}"""
+
+RESPONSE_BLOCK = "### {label}\n{text}"
+
+
+class MoASettings(FanOutSettings):
+    """MoA settings. `max_tool_iterations` is accepted so the seed's profiles stay valid; it has no
+    effect, because tool calls are returned to the client (the composite runs no tool loop)."""
+
+    max_tool_iterations: Optional[int] = Field(default=None, ge=0)
+    aggregate_prompt: Optional[str] = Field(
+        default=None, description="replaces AGGREGATE_PROMPT; must contain {responses}"
+    )
+
+    @model_validator(mode="after")
+    def _prompt_has_slot(self) -> "MoASettings":
+        if self.aggregate_prompt is not None and "{responses}" not in self.aggregate_prompt:
+            raise ValueError("settings.aggregate_prompt must contain the placeholder {responses}")
+        return self
+
+
+class MoATopology(StrictModel):
+    aggregator: NodeConfig
+    proposers: list[NodeConfig] = Field(default_factory=list)
+    layers: list[list[NodeConfig]] = Field(default_factory=list)
+    settings: MoASettings = Field(default_factory=MoASettings)
+
+    @model_validator(mode="after")
+    def _one_layer_form(self) -> "MoATopology":
+        if self.proposers and self.layers:
+            raise ValueError("give either proposers (one layer) or layers (a list of proposer lists), not both")
+        if not self.proposers and not self.layers:
+            raise ValueError("MoA needs proposers: a list of nodes (or layers: a list of proposer lists)")
+        for index, layer in enumerate(self.all_layers):
+            if not layer:
+                raise ValueError(f"layers[{index}] is empty")
+            check_quorum(self.settings, len(layer), f"layer {index + 1}")
+        return self
+
+    @property
+    def all_layers(self) -> list[list[NodeConfig]]:
+        return self.layers or [self.proposers]
+
+
+def format_responses(answers: StageResult | list[Any]) -> str:
+    """The previous layer's answers as labelled blocks, in member order, failures already left out."""
+    texts = [a.text for a in (answers.answers if isinstance(answers, StageResult) else answers)]
+    return "\n\n".join(RESPONSE_BLOCK.format(label=label, text=text.strip())
+                       for label, text in zip(response_labels(len(texts)), texts))
+
+
+class MoAStrategy:
+    name: ClassVar[str] = "moa"
+    topology_model: ClassVar[type[MoATopology]] = MoATopology
+    inline_keys: ClassVar[frozenset[str]] = frozenset({"proposers", "layers", "aggregator", "settings"}) | frozenset(
+        MoASettings.model_fields
+    )
+
+    def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
+        topology: dict[str, Any] = {"aggregator": inline.get("aggregator") or final_model}
+        if "proposers" in inline:
+            topology["proposers"] = inline["proposers"]
+        if "layers" in inline:
+            topology["layers"] = inline["layers"]
+        topology["settings"] = split_settings(inline, MoASettings)
+        return topology
+
+    def member_models(self, topology: MoATopology) -> list[str]:
+        nodes = [n for layer in topology.all_layers for n in layer] + [topology.aggregator, *topology.aggregator.fallbacks]
+        return [n.model for n in nodes]
+
+    async def prepare(self, ctx: RunContext, topology: MoATopology, messages: list[Any]) -> FinalCall:
+        settings = topology.settings
+        template = settings.aggregate_prompt or AGGREGATE_PROMPT
+        layer_messages = messages
+        layers = topology.all_layers
+        # Plan every node up front: a missing env var or bad bundle fails before any call is made.
+        planned = [ctx.plan_all(layer, role="proposer", stage=f"layer {i + 1}/{len(layers)} proposers")
+                   for i, layer in enumerate(layers)]
+        candidates = final_candidates(ctx, topology.aggregator, role="aggregator", stage="aggregate")
+        for index, calls in enumerate(planned):
+            outcome = await ctx.fan_out([(call, layer_messages) for call in calls], settings=settings,
+                                        stage=f"layer {index + 1}")
+            layer_messages = with_system_prompt(messages, template.replace("{responses}", format_responses(outcome)))
+        return FinalCall(candidates=candidates, messages=layer_messages, settings=settings)

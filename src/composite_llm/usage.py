@@ -1,0 +1,75 @@
+"""Exact token and cost accounting: what one sub-call used, and the sum over a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper, Usage
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+@dataclass
+class UsageTotals:
+    """Token counts in OpenAI's terms; reasoning and cached tokens are subsets of completion/prompt."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: "UsageTotals") -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cached_tokens += other.cached_tokens
+
+    @classmethod
+    def from_usage(cls, usage: Any) -> "UsageTotals":
+        """Read a LiteLLM/OpenAI usage object or dict (missing fields count as zero)."""
+        if usage is None:
+            return cls()
+        return cls(
+            prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
+            completion_tokens=int(_get(usage, "completion_tokens") or 0),
+            reasoning_tokens=int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens") or 0),
+            cached_tokens=int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens") or 0),
+        )
+
+    def to_litellm(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.total_tokens,
+            completion_tokens_details=CompletionTokensDetailsWrapper(reasoning_tokens=self.reasoning_tokens),
+            prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=self.cached_tokens),
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cached_tokens": self.cached_tokens,
+        }
+
+
+def response_cost(response: Any) -> Optional[float]:
+    """The cost LiteLLM computed for a sub-call response, or None when it has no price for the model."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost")
+    if cost is None:
+        cost = _get(getattr(response, "usage", None), "cost")
+    return float(cost) if cost is not None else None
