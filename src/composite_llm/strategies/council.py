@@ -118,7 +118,8 @@ def parse_ranking(text: str, labels: list[str]) -> tuple[list[str], str]:
         if letter in valid and f"Response {letter}" not in ranked:
             ranked.append(f"Response {letter}")
     if match and not ranked:
-        return parse_ranking(text[: match.start()], labels)[0], "fallback"
+        earlier, earlier_method = parse_ranking(text[: match.start()], labels)
+        return earlier, ("fallback" if earlier else earlier_method)
     return ranked, (method if ranked else "none")
 
 

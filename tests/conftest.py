@@ -1,0 +1,60 @@
+"""Shared fixtures: one fake OpenAI server for the session, the composite provider registered once."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_LOG", "ERROR")
+
+import litellm  # noqa: E402
+import pytest  # noqa: E402
+
+from composite_llm import register_composite_provider  # noqa: E402
+from composite_llm.profiles import REGISTRY  # noqa: E402
+from composite_llm.testing import FakeOpenAIServer  # noqa: E402
+
+litellm.suppress_debug_info = True
+API_KEY = "sk-test-sentinel-0123456789"
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    with FakeOpenAIServer() as server:
+        # LiteLLM imports its HTTP stack lazily on the first call (hundreds of ms, blocking the loop);
+        # warm it up once so timing assertions measure steady state.
+        litellm.completion(model="openai/warmup", messages=[{"role": "user", "content": "hi"}],
+                           api_base=server.base_url, api_key=API_KEY)
+        yield server
+
+
+@pytest.fixture()
+def server(fake_server):
+    """The session's fake server, with scripted models and recorded requests reset for this test."""
+    fake_server.reset()
+    yield fake_server
+    fake_server.reset()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _registered():
+    register_composite_provider()
+    yield
+
+
+@pytest.fixture()
+def explicit_profiles():
+    """Register an explicit profile source for one test, restoring none afterwards."""
+    def use(source):
+        REGISTRY.set_explicit(source)
+    yield use
+    REGISTRY.set_explicit(None)
+
+
+@pytest.fixture()
+def call_kwargs(server):
+    return {"api_base": server.base_url, "api_key": API_KEY}
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]

@@ -1,0 +1,191 @@
+"""Streaming (sync and async) and cost: summed over sub-calls, where LiteLLM's spend tracking reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import litellm
+import pytest
+from litellm.integrations.custom_logger import CustomLogger
+
+from conftest import API_KEY, user
+
+PROPOSERS = ["openai/p1", "openai/p2", "openai/p3"]
+MOA = "composite/moa/openai/agg"
+# Custom per-token prices on every node make sub-call costs non-zero and exactly predictable.
+PRICES = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+
+
+def _script(server, latency=0.0):
+    for name in ("p1", "p2", "p3"):
+        server.set_model(name, reply=f"proposal {name}", latency_s=latency)
+    server.set_model("agg", reply="final streamed answer in several words", latency_s=latency, chunk_delay_s=0.01)
+
+
+def _priced_profile(server):
+    node = lambda m: {"model": m, "params": PRICES}  # noqa: E731
+    return {"profiles": {"priced": {"strategy": "moa", "topology": {
+        "aggregator": node("openai/agg"), "proposers": [node(p) for p in PROPOSERS]}}}}
+
+
+def _expected_cost(server):
+    return sum(r.prompt_tokens * 1e-6 + len(_reply_of(server, r).split()) * 2e-6 for r in server.requests)
+
+
+def _reply_of(server, request):
+    return "final streamed answer in several words" if request.model == "agg" else f"proposal {request.model}"
+
+
+def test_sync_stream_reasoning_then_tokens_then_usage(server, call_kwargs):
+    _script(server, latency=0.3)
+    started = time.monotonic()
+    stream = litellm.completion(model=MOA, messages=user("q"), proposers=PROPOSERS, stream=True,
+                                stream_options={"include_usage": True}, **call_kwargs)
+    reasoning, content, usage, first_content_at = [], [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            if getattr(delta, "reasoning_content", None):
+                reasoning.append(delta.reasoning_content)
+            if delta.content:
+                first_content_at = first_content_at or time.monotonic()
+                content.append(delta.content)
+        if getattr(chunk, "usage", None):
+            usage = chunk.usage
+    assert "".join(content) == "final streamed answer in several words"
+    assert len(content) >= 5  # token by token, not one blob
+    text = "".join(reasoning)
+    assert "proposer openai/p1" in text and "proposer openai/p3" in text
+    assert usage is not None and usage.prompt_tokens == sum(r.prompt_tokens for r in server.requests)
+    assert first_content_at - started < 0.3 * 2 + 0.6
+    assert len(server.requests) == 4
+
+
+async def test_async_stream(server, call_kwargs):
+    _script(server, latency=0.3)
+    stream = await litellm.acompletion(model=MOA, messages=user("q"), proposers=PROPOSERS, stream=True,
+                                       stream_options={"include_usage": True}, **call_kwargs)
+    content, usage = [], None
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            content.append(chunk.choices[0].delta.content)
+        if getattr(chunk, "usage", None):
+            usage = chunk.usage
+    assert "".join(content) == "final streamed answer in several words"
+    assert usage.completion_tokens == sum(len(_reply_of(server, r).split()) for r in server.requests)
+
+
+async def test_stream_reports_progress_before_final_stage(server, call_kwargs):
+    """Earlier stages stream as reasoning while the aggregator has not started yet."""
+    _script(server, latency=0.0)
+    server.set_model("p3", reply="slow one", latency_s=0.6)
+    stream = await litellm.acompletion(model=MOA, messages=user("q"), proposers=PROPOSERS, stream=True, **call_kwargs)
+    seen_p1_before_agg = False
+    async for chunk in stream:
+        if chunk.choices and "openai/p1" in (getattr(chunk.choices[0].delta, "reasoning_content", None) or ""):
+            seen_p1_before_agg = not server.requests_for("agg")
+    assert seen_p1_before_agg
+
+
+def test_cost_is_sum_of_sub_calls_non_streaming(server, explicit_profiles, call_kwargs):
+    _script(server)
+    explicit_profiles(_priced_profile(server))
+    response = litellm.completion(model="composite/profile/priced", messages=user("price me"), **call_kwargs)
+    expected = _expected_cost(server)
+    assert expected > 0
+    assert response._hidden_params["response_cost"] == pytest.approx(expected, rel=1e-9)
+    trace = response.choices[0].message.provider_specific_fields["composite"]
+    assert trace["cost"] == pytest.approx(expected, rel=1e-9) and trace["cost_complete"]
+
+
+class _SpendRecorder(CustomLogger):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.events.append((kwargs.get("model"), kwargs.get("response_cost")))
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self.events.append((kwargs.get("model"), kwargs.get("response_cost")))
+
+
+async def _wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+_RECORDER = _SpendRecorder()
+
+
+@pytest.fixture()
+def recorder():
+    """One recorder for the session: LiteLLM sets up callbacks once, reassigning the list is not seen."""
+    if _RECORDER not in litellm.callbacks:
+        litellm.callbacks.append(_RECORDER)
+    _RECORDER.events.clear()
+    yield _RECORDER
+    _RECORDER.events.clear()
+
+
+async def test_spend_callbacks_see_one_event_with_summed_cost(server, explicit_profiles, call_kwargs, recorder):
+    """Sub-calls create no spend records of their own; the composite request's record has the sum."""
+    _script(server)
+    explicit_profiles(_priced_profile(server))
+    await litellm.acompletion(model="composite/profile/priced", messages=user("price me"), **call_kwargs)
+    await _wait_for(lambda: recorder.events)
+    await asyncio.sleep(0.3)  # any (wrong) sub-call events would arrive by now
+    assert len(recorder.events) == 1, recorder.events
+    assert recorder.events[0][1] == pytest.approx(_expected_cost(server), rel=1e-9)
+
+
+async def test_streaming_cost_reaches_spend_tracking(server, explicit_profiles, call_kwargs, recorder):
+    """Regression guard for the private `_provider_reported_cost` path (litellm pinned)."""
+    _script(server)
+    explicit_profiles(_priced_profile(server))
+    stream = await litellm.acompletion(model="composite/profile/priced", messages=user("price me"), stream=True,
+                                       stream_options={"include_usage": True}, **call_kwargs)
+    async for _ in stream:
+        pass
+    await _wait_for(lambda: recorder.events)
+    await asyncio.sleep(0.3)
+    assert len(recorder.events) == 1, recorder.events
+    assert recorder.events[0][1] == pytest.approx(_expected_cost(server), rel=1e-9)
+
+
+async def test_stream_final_stage_fallback_before_first_token(server, explicit_profiles, call_kwargs):
+    server.set_model("p1", reply="prop")
+    server.set_model("bad", fail_status=500)
+    server.set_model("good", reply="streamed by fallback")
+    explicit_profiles({"profiles": {"sfb": {"strategy": "moa", "topology": {
+        "aggregator": {"model": "openai/bad", "fallbacks": ["openai/good"]}, "proposers": ["openai/p1"],
+        "settings": {"retries": 0}}}}})
+    stream = await litellm.acompletion(model="composite/profile/sfb", messages=user("q"), stream=True, **call_kwargs)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "streamed by fallback"
+
+
+async def test_stream_all_members_down_raises(server, call_kwargs):
+    for name in ("p1", "p2", "p3"):
+        server.set_model(name, fail_status=500)
+    with pytest.raises(litellm.ServiceUnavailableError):
+        stream = await litellm.acompletion(model=MOA, messages=user("q"), proposers=PROPOSERS, stream=True,
+                                           **call_kwargs)
+        async for _ in stream:
+            pass
+    assert not server.requests_for("agg")
+
+
+async def test_stream_stall_mid_answer_raises_not_hangs(server, call_kwargs):
+    _script(server)
+    server.set_model("agg", reply="one two three four five", stall_after_chunks=2)
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        stream = await litellm.acompletion(model=MOA, messages=user("q"), proposers=PROPOSERS, stream=True,
+                                           member_timeout_s=1, **call_kwargs)
+        async for _ in stream:
+            pass
+    assert time.monotonic() - started < 6
+    assert API_KEY not in str(info.value)
