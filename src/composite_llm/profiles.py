@@ -336,27 +336,41 @@ class ProfileRegistry:
         self._proxy_cache = (_snapshot(block), source)
         return source
 
+    def snapshot(self) -> "ProfileSnapshot":
+        """All sources as of now: one scan per request, however many lookups it makes."""
+        return ProfileSnapshot(self.sources())
+
     def get(self, name: str) -> LoadedProfile:
-        sources = self.sources()
-        for source in sources:
+        return self.snapshot().get(name)
+
+    def names(self) -> list[str]:
+        return self.snapshot().names()
+
+
+@dataclass
+class ProfileSnapshot:
+    sources: list[LoadedSource]
+
+    def get(self, name: str) -> LoadedProfile:
+        for source in self.sources:
             if name in source.profiles:
                 return source.profiles[name]
-        known = sorted({n for s in sources for n in s.profiles})
-        where = ", ".join(s.origin for s in sources) or (
+        where = ", ".join(s.origin for s in self.sources) or (
             f"no profile sources (pass profiles= to register_composite_provider, set ${PROFILES_ENV}, "
             f"or create ./{DEFAULT_PROFILE_DIR}/)"
         )
         raise CompositeConfigError(
-            f"unknown profile {name!r}; known profiles: {', '.join(known) or 'none'} (searched: {where})"
+            f"unknown profile {name!r}; known profiles: {', '.join(self.names()) or 'none'} (searched: {where})"
         )
 
     def names(self) -> list[str]:
-        return sorted({n for s in self.sources() for n in s.profiles})
+        return sorted({n for s in self.sources for n in s.profiles})
 
-    def document_settings(self) -> DocumentSettings:
-        """Document-level settings of the highest-precedence source that sets them."""
+    @property
+    def settings(self) -> DocumentSettings:
+        """Document-level settings; the highest-precedence source that sets one wins."""
         merged = DocumentSettings()
-        for source in reversed(self.sources()):
+        for source in reversed(self.sources):
             for key in ("trace_log", "observability"):
                 if getattr(source.settings, key) is not None:
                     setattr(merged, key, getattr(source.settings, key))

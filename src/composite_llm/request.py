@@ -117,8 +117,9 @@ def build_request(
     if params.get("n") not in (None, 1):
         raise CompositeConfigError(f"{target.display_name}: n={params['n']} is not supported (one answer per request)")
 
+    snapshot = REGISTRY.snapshot()
     if target.profile is not None:
-        profile = REGISTRY.get(target.profile)
+        profile = snapshot.get(target.profile)
         strategy, providers = profile.strategy, profile.providers
     else:
         profile = None
@@ -136,7 +137,7 @@ def build_request(
             f"{strategy.name!r}; accepted: {', '.join(accepted)}"
         )
 
-    document_settings = REGISTRY.document_settings()
+    document_settings = snapshot.settings
     client_keys = _client_keys(litellm_params or {})
     if client_keys is not None and not document_settings.allow_request_overrides:
         blocked = sorted((set(inline) & client_keys) | (ROUTING_KEYS & client_keys))
