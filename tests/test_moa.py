@@ -311,3 +311,25 @@ def test_aggregator_fallback(server, explicit_profiles):
     response = litellm.completion(model="composite/profile/fb", messages=user("q"), api_base=server.base_url,
                                   api_key=API_KEY)
     assert response.choices[0].message.content == "from fallback"
+
+
+def test_self_moa_short_form(server, call_kwargs):
+    """`proposers: {model, samples, temperature}` samples one model k times (Self-MoA)."""
+    server.set_model("strong", reply="sample")
+    server.set_model("agg", reply="synthesis")
+    response = litellm.completion(model=MOA, messages=user("q"), **call_kwargs,
+                                  proposers={"model": "openai/strong", "samples": 3, "temperatures": [0.2, 0.7, 1.0]})
+    assert response.choices[0].message.content == "synthesis"
+    temps = sorted(r.body["temperature"] for r in server.requests_for("strong"))
+    assert temps == [0.2, 0.7, 1.0]
+    trace = response.choices[0].message.provider_specific_fields["composite"]
+    assert [c["label"] for c in trace["sub_calls"][:3]] != ["openai/strong"] * 3
+
+
+def test_self_moa_short_form_errors():
+    from composite_llm import CompositeConfigError, load_profiles
+
+    with pytest.raises(CompositeConfigError) as info:
+        load_profiles({"profiles": {"s": {"strategy": "moa", "topology": {
+            "aggregator": "a/b", "proposers": {"model": "a/c", "samples": 2, "temperatures": [0.1]}}}}})
+    assert "temperatures has 1 values for 2 samples" in str(info.value)

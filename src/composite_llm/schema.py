@@ -82,6 +82,42 @@ class FanOutSettings(StrictModel):
     member_tools: bool = False
 
 
+class SampledNodes(StrictModel):
+    """Short form for one model sampled several times (Self-MoA, self-consistency):
+    `{model: ..., samples: k, temperature: t}` expands to k identical nodes; `temperatures: [...]`
+    gives each sample its own temperature instead."""
+
+    model: str = Field(min_length=1)
+    samples: int = Field(ge=1, le=64)
+    temperature: Optional[float] = Field(default=None, ge=0)
+    temperatures: Optional[list[float]] = None
+    provider: Optional[str] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    name: Optional[str] = None
+    timeout_s: Optional[float] = Field(default=None, gt=0)
+
+    def expand(self) -> list[dict[str, Any]]:
+        if self.temperatures is not None and len(self.temperatures) != self.samples:
+            raise ValueError(f"temperatures has {len(self.temperatures)} values for {self.samples} samples")
+        nodes = []
+        for index in range(self.samples):
+            params = dict(self.params)
+            temperature = self.temperatures[index] if self.temperatures is not None else self.temperature
+            if temperature is not None:
+                params["temperature"] = temperature
+            label = f"{self.name or self.model} #{index + 1}"
+            nodes.append({"model": self.model, "provider": self.provider, "params": params, "name": label,
+                          "timeout_s": self.timeout_s})
+        return nodes
+
+
+def expand_samples(value: Any) -> Any:
+    """A node list as given, or the expansion of the sampled short form (validated first)."""
+    if isinstance(value, dict) and "samples" in value:
+        return SampledNodes.model_validate(value).expand()
+    return value
+
+
 def check_quorum(settings: FanOutSettings, members: int, field: str) -> None:
     """Reject a quorum that can never be met (raised inside a validator, so the path is reported)."""
     if settings.quorum > members:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..engine import RunContext, StageResult
 from ..messages import response_labels, with_system_prompt
-from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum
+from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
 from .base import FinalCall, final_candidates, split_settings
 
 AGGREGATE_PROMPT = """\
@@ -51,6 +51,16 @@ class MoATopology(StrictModel):
     proposers: list[NodeConfig] = Field(default_factory=list)
     layers: list[list[NodeConfig]] = Field(default_factory=list)
     settings: MoASettings = Field(default_factory=MoASettings)
+
+    @field_validator("proposers", mode="before")
+    @classmethod
+    def _sampled_proposers(cls, value: Any) -> Any:
+        return expand_samples(value)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _sampled_layers(cls, value: Any) -> Any:
+        return [expand_samples(layer) for layer in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _one_layer_form(self) -> "MoATopology":
