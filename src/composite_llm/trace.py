@@ -132,8 +132,7 @@ class Trace:
 
     def render_text(self) -> str:
         usage = self.usage
-        lines = [f"composite {self.strategy}" + (f" · profile {self.profile}" if self.profile else "")
-                 + f" · request {self.request_id}"]
+        lines = [f"composite {self.strategy} · {self.model} · request {self.request_id}"]
         stage = None
         for record in self.records:
             if record.stage != stage:

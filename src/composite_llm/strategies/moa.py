@@ -112,8 +112,7 @@ class MoAStrategy:
         layer_messages = messages
         layers = topology.all_layers
         # Plan every node up front: a missing env var or bad bundle fails before any call is made.
-        planned = [ctx.plan_all(layer, role="proposer", stage=f"layer {i + 1}/{len(layers)} proposers")
-                   for i, layer in enumerate(layers)]
+        planned = [ctx.plan_all(layer, role="proposer", stage=f"layer {i + 1}") for i, layer in enumerate(layers)]
         candidates = final_candidates(ctx, topology.aggregator, role="aggregator", stage="aggregate")
         for index, calls in enumerate(planned):
             outcome = await ctx.fan_out([(call, layer_messages) for call in calls], settings=settings,
