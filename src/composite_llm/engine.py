@@ -249,6 +249,16 @@ class RunContext:
         if self.progress is not None:
             self.progress(text)
 
+    def new_record(self, *, role: str, stage: str, label: str, model: str) -> SubCallRecord:
+        """A trace record for a sub-call that is not a LiteLLM call (e.g. a CLI agent run)."""
+        return SubCallRecord(stage=stage, role=role, label=label, model=model,
+                             started_s=time.monotonic() - self.trace.started)
+
+    def add_record(self, record: SubCallRecord) -> None:
+        """Add a finished record to the ledger and report it as progress."""
+        self.trace.add(record)
+        self._emit(self.trace.describe(record))
+
     def _record(self, call: PlannedCall) -> SubCallRecord:
         return SubCallRecord(stage=call.stage, role=call.role, label=call.label, model=call.model,
                              started_s=time.monotonic() - self.trace.started)
@@ -293,7 +303,8 @@ class RunContext:
                         exc = errors.timed_out(f"no answer within {timeout:.1f} s")
                     remaining = self.remaining()
                     delay = self._retry_delay(exc, record.attempts)
-                    if (record.attempts <= settings.retries and errors.is_retryable(exc)
+                    # A nested composite already retried its own members: retrying it re-runs a fan-out.
+                    if (record.attempts <= settings.retries and errors.is_retryable(exc) and not call.node.is_composite
                             and (remaining is None or remaining > delay + 0.05)):
                         record.attempts += 1
                         await asyncio.sleep(delay)

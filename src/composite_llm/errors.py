@@ -46,3 +46,8 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     code = status_code_of(exc)
     return code is not None and (code == 429 or code >= 500)
+
+
+def upstream_failed(message: str, model: str = "", status_code: int = 502) -> litellm.APIError:
+    """A backend (e.g. a CLI agent) ran but failed: a bad-gateway style error."""
+    return litellm.APIError(status_code=status_code, message=message, llm_provider=PROVIDER, model=model)

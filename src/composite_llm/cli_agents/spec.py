@@ -36,6 +36,7 @@ __all__ = [
     "resolve_text",
     "resolve_number",
     "MISSING",
+    "fill_placeholders",
 ]
 
 #: Placeholders allowed inside argv templates.

@@ -6,8 +6,12 @@ from typing import Any
 
 from ..model_string import canonical_strategy_name
 from .base import FinalCall, FinalRunner, FinalStep, FinalText, Strategy
+from .best_of_n import BestOfNStrategy
+from .composer_cli import ComposerCLIStrategy
 from .council import CouncilStrategy
+from .debate import DebateStrategy
 from .moa import MoAStrategy
+from .self_consistency import SelfConsistencyStrategy
 
 _REGISTRY: dict[str, Any] = {}
 
@@ -33,6 +37,10 @@ def strategy_names() -> list[str]:
 
 register_strategy(MoAStrategy())
 register_strategy(CouncilStrategy())
+register_strategy(SelfConsistencyStrategy())
+register_strategy(BestOfNStrategy())
+register_strategy(DebateStrategy())
+register_strategy(ComposerCLIStrategy())
 
 __all__ = ["FinalCall", "FinalRunner", "FinalStep", "FinalText", "Strategy", "get_strategy", "register_strategy",
            "strategy_names"]

@@ -1,0 +1,165 @@
+"""Coding-agent CLIs as models: `composite/composer-cli/<model>`, `composite/cli/<spec>/<model>` and
+profiles with `strategy: composer-cli`.
+
+The CLI run is the whole answer, so `prepare` returns a FinalRunner: the service runs it once or streams
+its deltas like any final stage, and it records its own sub-call (usage and cost when the CLI reports
+them). The subprocess hygiene lives in `composite_llm.cli_agents`; this module only adapts it.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from typing import Any, AsyncIterator, ClassVar, Optional
+
+from pydantic import Field, field_validator
+
+from .. import errors
+from ..cli_agents import (
+    CLIAgentError,
+    CLINotFoundError,
+    CLIResult,
+    CLISettings,
+    CLISpec,
+    CLISpecError,
+    CLITimeoutError,
+    TextDelta,
+    get_spec,
+    known_spec_names,
+    run_cli_agent,
+    stream_cli_agent,
+)
+from ..engine import MemberResult, PlannedCall, RunContext, StreamPiece
+from ..errors import CompositeConfigError
+from ..schema import NodeConfig, StrictModel
+from ..trace import SubCallRecord, preview
+from ..usage import UsageTotals
+
+STAGE = "cli agent"
+ROLE = "agent"
+
+
+class ComposerCLITopology(StrictModel):
+    """`model` is what the CLI runs (e.g. composer-1); `cli` names a built-in spec (cursor, claude,
+    codex, gemini) unless `spec` gives a whole custom one."""
+
+    model: str = Field(min_length=1)
+    cli: str = "cursor"
+    spec: Optional[CLISpec] = None
+    settings: CLISettings = Field(default_factory=CLISettings)
+
+    @field_validator("cli")
+    @classmethod
+    def _known_cli(cls, value: str) -> str:
+        try:
+            get_spec(value)
+        except CLISpecError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def resolved_spec(self) -> CLISpec:
+        return self.spec if self.spec is not None else get_spec(self.cli)
+
+
+def _as_litellm_error(exc: CLIAgentError, model: str) -> Exception:
+    if isinstance(exc, CLISpecError):
+        return CompositeConfigError(str(exc))
+    if isinstance(exc, CLINotFoundError):
+        return errors.unavailable(str(exc), model)
+    if isinstance(exc, CLITimeoutError):
+        return errors.timed_out(str(exc), model)
+    return errors.upstream_failed(str(exc), model, getattr(exc, "status_code", 502) or 502)
+
+
+class _CLIRunner:
+    """The final step: one CLI run, recorded in the trace like any sub-call."""
+
+    def __init__(self, topology: ComposerCLITopology, messages: list[Any]) -> None:
+        self.topology = topology
+        self.spec = topology.resolved_spec()
+        self.messages = messages
+
+    def _record(self, ctx: RunContext) -> SubCallRecord:
+        return ctx.new_record(role=ROLE, stage=STAGE, label=f"{self.spec.name}:{self.topology.model}",
+                              model=f"cli/{self.spec.name}/{self.topology.model}")
+
+    def _finish(self, ctx: RunContext, record: SubCallRecord, result: CLIResult, started: float) -> None:
+        usage = result.usage
+        record.usage = UsageTotals(prompt_tokens=usage.get("prompt_tokens", 0),
+                                   completion_tokens=usage.get("completion_tokens", 0),
+                                   reasoning_tokens=usage.get("reasoning_tokens", 0),
+                                   cached_tokens=usage.get("cached_tokens", 0))
+        record.cost = result.cost_usd
+        record.latency_s = time.monotonic() - started
+        record.preview = preview(result.text)
+        record.extra.update({"argv": result.argv, "exit_code": result.exit_code, "session_id": result.session_id,
+                             "truncated": result.truncated, "stop_reason": result.stop_reason,
+                             "usage_reported": result.usage_reported, "warnings": result.warnings})
+        if result.truncated:
+            ctx.trace.notes.append(f"CLI output truncated at {self.topology.settings.max_output_bytes} bytes")
+        ctx.add_record(record)
+
+    def _fail(self, ctx: RunContext, record: SubCallRecord, exc: BaseException, started: float) -> None:
+        record.status = "dropped" if not isinstance(exc, Exception) else "failed"
+        record.latency_s = time.monotonic() - started
+        record.error_type, record.error = type(exc).__name__, str(exc)[:300]
+        ctx.add_record(record)
+
+    async def complete(self, ctx: RunContext) -> MemberResult:
+        record, started = self._record(ctx), time.monotonic()
+        try:
+            result = await run_cli_agent(self.spec, self.topology.model, self.messages, self.topology.settings,
+                                         timeout=ctx.remaining())
+        except CLIAgentError as exc:
+            self._fail(ctx, record, exc, started)
+            raise _as_litellm_error(exc, ctx.trace.model) from None
+        except BaseException as exc:
+            self._fail(ctx, record, exc, started)
+            raise
+        self._finish(ctx, record, result, started)
+        call = PlannedCall(node=NodeConfig(model=record.model), role=ROLE, stage=STAGE, model=record.model, params={})
+        return MemberResult(call=call, record=record, text=result.text, finish_reason="stop")
+
+    async def stream(self, ctx: RunContext) -> AsyncIterator[StreamPiece]:
+        record, started = self._record(ctx), time.monotonic()
+        events = stream_cli_agent(self.spec, self.topology.model, self.messages, self.topology.settings,
+                                  timeout=ctx.remaining())
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        if event.text:
+                            yield StreamPiece(content=event.text)
+                    else:
+                        self._finish(ctx, record, event, started)
+        except CLIAgentError as exc:
+            self._fail(ctx, record, exc, started)
+            raise _as_litellm_error(exc, ctx.trace.model) from None
+        except BaseException as exc:
+            self._fail(ctx, record, exc, started)
+            raise
+        yield StreamPiece(finish_reason="stop")
+
+
+class ComposerCLIStrategy:
+    name: ClassVar[str] = "composer_cli"
+    topology_model: ClassVar[type[ComposerCLITopology]] = ComposerCLITopology
+    inline_keys: ClassVar[frozenset[str]] = frozenset({"settings", "cli", "spec"}) | frozenset(CLISettings.model_fields)
+
+    def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
+        settings = dict(inline.get("settings") or {})
+        settings.update({k: v for k, v in inline.items() if k in CLISettings.model_fields})
+        topology: dict[str, Any] = {"model": final_model, "settings": settings}
+        for key in ("cli", "spec"):
+            if key in inline:
+                topology[key] = inline[key]
+        return topology
+
+    def member_models(self, topology: ComposerCLITopology) -> list[str]:
+        return [f"cli/{topology.resolved_spec().name}/{topology.model}"]
+
+    async def prepare(self, ctx: RunContext, topology: ComposerCLITopology, messages: list[Any]) -> _CLIRunner:
+        return _CLIRunner(topology, messages)
+
+
+__all__ = ["ComposerCLIStrategy", "ComposerCLITopology", "known_spec_names"]

@@ -1,0 +1,191 @@
+"""Multi-agent debate (Du et al. 2023), ended by a vote or by an aggregator ("Debate or Vote", 2025).
+
+Round 0: every member answers in parallel. Each of `rounds` revision rounds: every member sees its own
+latest answer and the others' latest answers, anonymized ("Another agent answered: ...", in a
+shuffled order, no model names), and revises. The debate stops early once every member's extracted
+answer agrees. The final answer is the majority answer (the earliest member's text that gave it,
+verbatim; ties go to the earliest member) or, with `final: judge`, an aggregator's synthesis of the
+final answers, streamed. A member whose call fails leaves the debate; its last answer still counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Optional, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from ..engine import MemberResult, PlannedCall, RunContext
+from ..messages import with_system_prompt
+from ..schema import NodeConfig, StrictModel, check_quorum, expand_samples
+from .answers import ExtractionSettings, make_extractor, render_tally, tally
+from .base import FinalCall, FinalText, final_candidates, split_settings
+from .judging import anonymous_blocks, answer_nodes, require_answers, shuffle_rng
+
+REVISE_PROMPT = """\
+Other agents were given the same conversation. Their latest answers follow.
+
+{answers}
+
+Use their reasoning as additional information, but think for yourself: any of these answers, yours
+included, may be wrong. Check the reasoning step by step, then give your updated answer to the original
+question, complete and in the form it asked for."""
+
+OTHER_ANSWER = "Another agent answered:\n{text}"
+
+AGGREGATE_PROMPT = """\
+Several agents debated the most recent user message over {rounds} round(s), each revising its answer
+after reading the others'. Their final answers are below. Write the single best answer to the user:
+weigh the arguments critically (agreement is not proof), keep what is right, fix what is wrong, and
+answer directly in the form the user asked for. Do not mention the agents or the debate.
+
+{responses}"""
+
+
+class DebateSettings(ExtractionSettings):
+    """Debate settings; the fan-out fields apply to round 0 (later rounds go on with whoever answers).
+
+    final: vote (majority of the extracted final answers) or judge (the aggregator synthesizes).
+    early_stop: stop debating once every member's extracted answer is the same (needs extract != free).
+    tie_break: first (the answer of the earliest member wins a tied vote).
+    shuffle_seed: fixes the order in which others' answers are shown (default: random per request).
+    """
+
+    final: Literal["vote", "judge"] = "vote"
+    early_stop: bool = True
+    tie_break: Literal["first"] = "first"
+    shuffle_seed: Optional[int] = None
+
+
+class DebateTopology(StrictModel):
+    members: list[NodeConfig] = Field(min_length=2)
+    rounds: int = Field(default=2, ge=0, le=10)
+    aggregator: Optional[NodeConfig] = None
+    settings: DebateSettings = Field(default_factory=DebateSettings)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _sampled(cls, value: Any) -> Any:
+        return expand_samples(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DebateTopology":
+        s = self.settings
+        if s.final == "judge" and self.aggregator is None:
+            raise ValueError("settings.final=judge needs an aggregator node")
+        if s.final == "vote" and s.extract == "free":
+            raise ValueError("settings.final=vote needs extractable answers (extract is free); use final: judge")
+        check_quorum(s, len(self.members), "members")
+        return self
+
+
+class DebateStrategy:
+    name: ClassVar[str] = "debate"
+    topology_model: ClassVar[type[DebateTopology]] = DebateTopology
+    inline_keys: ClassVar[frozenset[str]] = frozenset({"members", "rounds", "aggregator", "settings"}) | frozenset(
+        DebateSettings.model_fields
+    )
+
+    def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
+        topology: dict[str, Any] = {"aggregator": inline.get("aggregator") or final_model,
+                                    "settings": split_settings(inline, DebateSettings)}
+        for key in ("members", "rounds"):
+            if key in inline:
+                topology[key] = inline[key]
+        return topology
+
+    def member_models(self, topology: DebateTopology) -> list[str]:
+        final = [topology.aggregator, *topology.aggregator.fallbacks] if topology.aggregator else []
+        return [n.model for n in [*topology.members, *final]]
+
+    async def prepare(self, ctx: RunContext, topology: DebateTopology, messages: list[Any]
+                      ) -> Union[FinalCall, FinalText]:
+        s = topology.settings
+        members = (answer_nodes(ctx, topology.members, self.name) if s.final == "vote" else list(topology.members))
+        rounds = topology.rounds
+        calls = [ctx.plan_all(members, role="member", stage=self._stage(r)) for r in range(rounds + 1)]
+        aggregator = (final_candidates(ctx, topology.aggregator, role="aggregator", stage="final synthesis")
+                      if topology.aggregator else [])
+        extract = make_extractor(s)
+        rng = shuffle_rng(ctx, s.shuffle_seed)
+        names = [node.label for node in topology.members]
+        latest: dict[int, MemberResult] = {}
+        history: list[dict[str, Any]] = []
+        active = list(range(len(members)))
+        stopped_early = False
+        for number in range(rounds + 1):
+            items = [(calls[number][i], messages if number == 0 else self._revision(messages, latest, i, rng))
+                     for i in active]
+            outcome = await ctx.fan_out(items, settings=s, stage=self._stage(number),
+                                        quorum=s.quorum if number == 0 else 0)
+            for i, result in zip(active, outcome.results):
+                if result.ok:
+                    latest[i] = result
+                    if s.extract != "free":
+                        result.record.extra["answer"] = extract(result.text)
+            left = [i for i, result in zip(active, outcome.results) if not result.ok]
+            if left:
+                ctx.trace.notes.append(f"round {number}: {', '.join(names[i] for i in left)} failed and left the debate")
+            active = [i for i, result in zip(active, outcome.results) if result.ok]
+            keys = {i: extract(latest[i].text) for i in sorted(latest)}
+            agreed = (s.extract != "free" and len(keys) >= 2 and None not in keys.values()
+                      and len(set(keys.values())) == 1)
+            history.append({"round": number, "answers": {names[i]: keys[i] for i in keys}, "agreed": agreed})
+            if number == rounds:
+                break
+            if not active:
+                ctx.trace.notes.append(f"no member answered in round {number}: the debate ended there")
+                break
+            if agreed and s.early_stop:
+                stopped_early = number < rounds
+                ctx.trace.notes.append(f"all members agree on {next(iter(keys.values()))!r} after round {number}: "
+                                       f"{rounds - number} round(s) skipped")
+                break
+        finalists = [latest[i] for i in sorted(latest)]
+        require_answers(ctx, "debate", finalists, 1)
+        final_keys = [extract(r.text) for r in finalists]
+        finalist_names = [names[i] for i in sorted(latest)]
+        details: dict[str, Any] = {"rounds_planned": rounds, "rounds_run": len(history) - 1,
+                                   "stopped_early": stopped_early, "final": s.final, "rounds": history}
+        ctx.trace.details["debate"] = details
+        ctx.trace.details["debate rounds"] = "\n".join(
+            f"round {h['round']}: " + ", ".join(f"{n}={a}" for n, a in h["answers"].items())
+            + ("  (all agree)" if h["agreed"] else "") for h in history) if s.extract != "free" else (
+            f"{len(history)} round(s), free-form answers")
+
+        table = tally(final_keys)
+        if s.final == "vote" and table.rows:
+            tied = table.tied
+            chosen = tied[0].voters[0]
+            if len(tied) > 1:
+                ctx.trace.notes.append(
+                    f"tie between {', '.join(repr(r.answer) for r in tied)} with {tied[0].count} votes each, broken by "
+                    f"rule 'first': {tied[0].answer!r} wins because {finalist_names[chosen]} gave it first")
+            details.update(votes=table.to_list(finalist_names), winner=final_keys[chosen],
+                           winner_member=finalist_names[chosen])
+            ctx.trace.details["vote"] = render_tally(table, finalist_names, final_keys[chosen])
+            winner = finalists[chosen]
+            return FinalText(winner.text, finish_reason=winner.finish_reason or "stop")
+        if s.final == "vote":
+            if not aggregator:
+                ctx.trace.notes.append(f"no final answer was extractable ({s.extract}): returning the earliest "
+                                       f"member's last answer ({finalist_names[0]})")
+                return FinalText(finalists[0].text, finish_reason=finalists[0].finish_reason or "stop")
+            ctx.trace.notes.append(f"no final answer was extractable ({s.extract}): the aggregator synthesizes")
+        block, labels, order = anonymous_blocks([r.text for r in finalists], rng)
+        details["aggregator_saw"] = {label: finalist_names[i] for label, i in zip(labels, order)}
+        prompt = AGGREGATE_PROMPT.format(rounds=len(history) - 1, responses=block)
+        return FinalCall(candidates=aggregator, messages=with_system_prompt(messages, prompt), settings=s)
+
+    @staticmethod
+    def _stage(number: int) -> str:
+        return "round 0 answers" if number == 0 else f"round {number} revisions"
+
+    @staticmethod
+    def _revision(messages: list[Any], latest: dict[int, MemberResult], member: int, rng: Any) -> list[Any]:
+        """The member's view for a revision round: the conversation, its own latest answer, and the
+        others' latest answers in a shuffled order."""
+        others = [latest[j].text.strip() for j in sorted(latest) if j != member]
+        rng.shuffle(others)
+        shown = "\n\n---\n\n".join(OTHER_ANSWER.format(text=text) for text in others) or "(no other answers)"
+        return [*messages, {"role": "assistant", "content": latest[member].text},
+                {"role": "user", "content": REVISE_PROMPT.format(answers=shown)}]

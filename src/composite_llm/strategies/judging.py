@@ -1,0 +1,82 @@
+"""Engine-facing helpers shared by the strategies whose answer is one member's text, returned verbatim
+(self-consistency, best-of-n, debate by vote), and by those that ask a judge model.
+
+- `answer_nodes`: the members that produce the final answer get the client's answer-shaping parameters
+  (max_tokens, response_format, stop), which the engine otherwise gives to the final stage only.
+- `anonymous_blocks`: candidate texts under "Response A/B/..." labels, in a shuffled order.
+- `ask_judge`: one judge call, trying the node's fallbacks; None when every one failed (recorded).
+- `require_answers`: the quorum check across several fan-outs (waves, rounds), with the engine's error.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional, Sequence
+
+from ..engine import MemberResult, PlannedCall, RunContext, StageResult
+from ..messages import response_labels, with_system_prompt
+from ..schema import FanOutSettings, NodeConfig
+
+# Final-stage parameters that shape the answer text itself. When the answer *is* a member's text, that
+# member must get them; tools are not passed (a vote or a judge returns text, never tool calls).
+ANSWER_PARAMS = ("max_tokens", "max_completion_tokens", "response_format", "stop")
+
+RESPONSE_BLOCK = "### {label}\n{text}"
+
+
+def answer_nodes(ctx: RunContext, nodes: Sequence[NodeConfig], strategy: str) -> list[NodeConfig]:
+    """`nodes` with the client's answer-shaping parameters added (a node's own params still win)."""
+    extra = {k: v for k, v in ctx.final_params.items() if k in ANSWER_PARAMS}
+    if any(k in ctx.final_params for k in ("tools", "functions")):
+        ctx.trace.notes.append(f"tools were not offered to the members: {strategy} returns one member's text, "
+                               "never tool calls")
+    if not extra:
+        return list(nodes)
+    return [node.model_copy(update={"params": {**extra, **node.params}}) for node in nodes]
+
+
+def shuffle_rng(ctx: RunContext, seed: Optional[int]) -> random.Random:
+    """A fixed-seed generator when the settings give a seed, else the request's own."""
+    return random.Random(seed) if seed is not None else ctx.rng
+
+
+def anonymous_blocks(texts: Sequence[str], rng: Optional[random.Random]) -> tuple[str, list[str], list[int]]:
+    """Texts as labelled blocks. Returns (the prompt text, the labels, order) where `order[k]` is the
+    index in `texts` shown under `labels[k]`; `rng=None` keeps the given order."""
+    order = list(range(len(texts)))
+    if rng is not None:
+        rng.shuffle(order)
+    labels = response_labels(len(order))
+    block = "\n\n".join(RESPONSE_BLOCK.format(label=label, text=texts[i].strip()) for label, i in zip(labels, order))
+    return block, labels, order
+
+
+def judge_messages(messages: list[Any], system_prompt: str, request: str) -> list[dict[str, Any]]:
+    """The conversation (so the judge sees the question as asked, images included), our judging
+    instructions merged into its system message, and the material to judge as a last user turn."""
+    return [*with_system_prompt(messages, system_prompt), {"role": "user", "content": request}]
+
+
+async def ask_judge(ctx: RunContext, calls: Sequence[PlannedCall], messages: list[Any],
+                    settings: FanOutSettings) -> Optional[MemberResult]:
+    """Run a judge call, trying its fallbacks in order. Failures are recorded in the trace, not raised."""
+    for call in calls:
+        result = await ctx.call(call, messages, settings=settings)
+        if result.ok:
+            return result
+    return None
+
+
+def require_answers(ctx: RunContext, stage: str, results: list[MemberResult], needed: int) -> list[MemberResult]:
+    """The successful results, or the engine's too-few-answers error (429/timeout/503 by cause)."""
+    answers = [r for r in results if r.ok]
+    if len(answers) < max(needed, 1):
+        # RunContext._too_few builds the same LiteLLM exception fan_out raises; a public name for it
+        # would be cleaner (see the report of issue 9).
+        raise ctx._too_few(StageResult(stage=stage, results=results), max(needed, 1))
+    return answers
+
+
+def sample_number(result: MemberResult, fallback: int) -> str:
+    """A short name for one member answer in trace tables: its node label."""
+    return result.call.label or f"#{fallback + 1}"
