@@ -41,7 +41,7 @@ from composite_llm.cli_agents import (
     serialize_messages,
     stream_cli_agent,
 )
-from composite_llm.cli_agents.redact import REDACTED, Redactor
+from composite_llm.redact import REDACTED, Redactor
 from composite_llm.cli_agents.spec import resolve_path, resolve_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cli_agents"

@@ -1,61 +1,112 @@
-"""Secret redaction for everything a user or operator may read: traces, logs, error messages.
+"""Secret redaction for everything a user or operator may read: traces, logs, error messages,
+CLI stderr tails and argv, I/O logs.
 
-Two nets: exact values we know are secret (api keys from provider bundles, request parameters and
-key-like environment variables) and patterns that look like credentials wherever they come from.
+Two nets: exact values we know are secret (api keys from provider bundles and request parameters, the
+values of environment variables whose names look secret) and patterns that look like credentials
+wherever they come from (``sk-...``, ``Bearer ...``, ``api_key=...``, JWTs, Google/GitHub/AWS keys).
+Redaction applies to text that is reported, never to an answer.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "Redactor", "is_secret_name", "redact", "redact_params", "secret_env_values",
+           "secret_values_in"]
 
 REDACTED = "[REDACTED]"
 
-# Credential shapes seen in provider error texts and CLI output.
-_SECRET_PATTERNS = [
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9_\-\.=:/+]{6,}"),
-    re.compile(r"(?i)(api[_-]?key|access[_-]?token|secret|password)(\s*[=:]\s*|\"\s*:\s*\")([^\s\"',}]{4,})"),
-    re.compile(r"\b(?:csk|gsk|xai|AIza)[-_A-Za-z0-9]{10,}"),
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # OpenAI / Anthropic style keys: sk-..., sk-ant-..., sk-proj-...
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"), REDACTED),
+    # Authorization headers.
+    (re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=\-]{6,}", re.IGNORECASE), r"\1 " + REDACTED),
+    # name=value / "name": "value" where the name looks secret (numeric values are left alone so
+    # that usage counters such as "input_tokens": 1234 stay readable).
+    (
+        re.compile(
+            r"(?i)\b([A-Za-z0-9_\-]*(?:api[_\-]?key|access[_\-]?key|token|secret|password|passwd|authorization)"
+            r"[A-Za-z0-9_\-]*)([\"']?\s*[:=]\s*[\"']?)(?!\d+\b)([^\s\"',;}]{4,})"
+        ),
+        r"\1\2" + REDACTED,
+    ),
+    # JSON Web Tokens.
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"), REDACTED),
+    # Google API keys, GitHub tokens, Cursor-style key_... values, AWS access key ids.
+    (re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), REDACTED),
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
+    (re.compile(r"\bkey_[A-Za-z0-9]{16,}"), REDACTED),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
 ]
-_SECRET_ENV_NAME = re.compile(r"(?i)(KEY|TOKEN|SECRET|PASSWORD)")
-_MIN_SECRET_LENGTH = 6
 
 
-def secret_env_values() -> set[str]:
-    """Values of environment variables whose names look secret (API keys, tokens)."""
-    return {
-        value
-        for name, value in os.environ.items()
-        if _SECRET_ENV_NAME.search(name) and value and len(value) >= _MIN_SECRET_LENGTH
-    }
+def is_secret_name(name: str) -> bool:
+    """True when an environment variable name looks like it holds a credential."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def secret_env_values(
+    names: Iterable[str] = (), environ: Mapping[str, str] | None = None, *, min_length: int = 6
+) -> set[str]:
+    """Values to redact: the given variables plus every variable whose name looks secret."""
+    env = os.environ if environ is None else environ
+    wanted = set(names)
+    values: set[str] = set()
+    for key, value in env.items():
+        if (key in wanted or is_secret_name(key)) and value and len(value) >= min_length:
+            values.add(value)
+    return values
+
+
+class Redactor:
+    """Callable that removes secret values and secret-looking patterns from text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another secret is removed whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            return text
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def obj(self, value: Any) -> Any:
+        """Redact every string inside a JSON-like structure (dict keys are kept)."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, Mapping):
+            return {k: self.obj(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.obj(v) for v in value]
+        return value
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace known secret values and credential-looking substrings with a marker."""
+    """`text` with the given secrets, secret-looking environment values and credential patterns removed."""
     if not text:
         return text
-    values = {s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SECRET_LENGTH}
-    values |= secret_env_values()
-    for value in sorted(values, key=len, reverse=True):
-        text = text.replace(value, REDACTED)
-    for pattern in _SECRET_PATTERNS:
-        if pattern.groups >= 3:
-            text = pattern.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-        else:
-            text = pattern.sub(REDACTED, text)
-    return text
+    return Redactor({*secrets, *secret_env_values()})(text)
 
 
-SECRET_PARAM_NAMES = frozenset({"api_key", "aws_secret_access_key", "aws_session_token", "azure_ad_token", "vertex_credentials"})
+SECRET_PARAM_NAMES = frozenset({"api_key", "aws_secret_access_key", "aws_session_token", "azure_ad_token",
+                                "vertex_credentials"})
 
 
-def secret_values_in(params: dict[str, Any]) -> set[str]:
+def secret_values_in(params: Mapping[str, Any]) -> set[str]:
     """The secret-valued entries of a litellm params dict (so they can be scrubbed from errors)."""
     return {str(v) for k, v in params.items() if k in SECRET_PARAM_NAMES and v}
 
 
-def redact_params(params: dict[str, Any]) -> dict[str, Any]:
+def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of litellm params safe to show: secret-named values replaced."""
     return {k: (REDACTED if k in SECRET_PARAM_NAMES and v else v) for k, v in params.items()}

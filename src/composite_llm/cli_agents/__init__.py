@@ -20,7 +20,7 @@ from .errors import (
     CLISpecError,
     CLITimeoutError,
 )
-from .redact import Redactor
+from ..redact import Redactor
 from .runner import (
     BASE_ENV_ALLOWLIST,
     CLIEvent,

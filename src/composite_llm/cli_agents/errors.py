@@ -3,7 +3,7 @@
 Every exception carries the redacted facts a caller needs to report it (exit code, stderr
 tail, argv) and a suggested HTTP ``status_code`` so a provider adapter can map it onto its
 own error types without string matching. Messages never contain secret values: they are
-built from text that has already gone through :mod:`composite_llm.cli_agents.redact`.
+built from text that has already gone through :mod:`composite_llm.redact`.
 """
 
 from __future__ import annotations

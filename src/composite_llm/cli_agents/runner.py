@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .builtin_specs import get_spec
 from .errors import CLIAgentError, CLIExitError, CLINotFoundError, CLIOutputError, CLISpecError, CLITimeoutError
 from .output import OutputParser, empty_usage
-from .redact import Redactor, is_secret_name, secret_env_values
+from ..redact import Redactor, is_secret_name, secret_env_values
 from .serialize import serialize_messages
 from .spec import CLISpec, fill_placeholders
 
