@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -272,14 +273,42 @@ def _proxy_block() -> tuple[Optional[dict[str, Any]], Optional[Path]]:
     """The proxy's `general_settings.composite_llm` block, if running inside the LiteLLM proxy.
 
     Read at request time and only when the proxy module is already imported (importing it costs ~5 s).
+    The block is taken from the config file itself when it can be read: LiteLLM resolves `os.environ/`
+    references in general_settings at startup and turns a missing variable into None, which would lose
+    the clear "variable X is not set" error; our own resolution happens at call time instead.
     """
     proxy = sys.modules.get("litellm.proxy.proxy_server")
     if proxy is None:
         return None, None
-    settings = getattr(proxy, "general_settings", None) or {}
-    block = settings.get("composite_llm") if isinstance(settings, dict) else None
     config_path = getattr(proxy, "user_config_file_path", None)
-    return block, (Path(config_path).parent if config_path else None)
+    base_dir = Path(config_path).parent if config_path else None
+    if config_path and Path(config_path).is_file():
+        raw = _raw_config_block(Path(config_path))
+        if raw is not None:
+            return raw, base_dir
+    settings = getattr(proxy, "general_settings", None) or {}
+    # LiteLLM 1.108 binds a SettingsStore (a Mapping, not a dict) to general_settings.
+    block = settings.get("composite_llm") if isinstance(settings, Mapping) else None
+    return block, base_dir
+
+
+_raw_configs: dict[Path, tuple[tuple[int, int], Any]] = {}
+
+
+def _raw_config_block(path: Path) -> Any:
+    """`general_settings.composite_llm` as written in the proxy config file (cached by mtime/size)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _raw_configs.get(path)
+    if cached is None or cached[0] != key:
+        data = _read_yaml(path)
+        general = data.get("general_settings") if isinstance(data, dict) else None
+        block = general.get("composite_llm") if isinstance(general, dict) else None
+        _raw_configs[path] = cached = (key, block)
+    return cached[1]
 
 
 def load_proxy_block(block: Any, base_dir: Optional[Path] = None) -> LoadedSource:

@@ -37,7 +37,9 @@ FINAL_PARAMS = frozenset({
     "web_search_options", "verbosity",
 })
 # Handled by the provider itself.
-TRANSPORT_PARAMS = frozenset({"stream", "stream_options", "n"})
+# `max_retries`: the LiteLLM Router sends max_retries=0 with every call (so every proxy request carries it);
+# sub-call retries are the engine's own (settings.retries).
+TRANSPORT_PARAMS = frozenset({"stream", "stream_options", "n", "max_retries"})
 INTERNAL_PARAMS = frozenset({"composite_depth", "composite_stack"})
 NESTED_KEYS = ("optional_params", "extra_body")
 ROUTING_KEYS = frozenset({"api_base", "api_key", "base_url"})
@@ -89,6 +91,8 @@ def _client_keys(litellm_params: dict[str, Any]) -> Optional[set[str]]:
     if not isinstance(body, dict):
         return set()
     keys = set(body)
+    # The proxy keeps credentials (api_key, headers) out of its body snapshot and lists their names here.
+    keys |= set(proxy_request.get("credential_fields") or ())
     for key in NESTED_KEYS:
         if isinstance(body.get(key), dict):
             keys |= set(body[key])
