@@ -156,3 +156,11 @@ def test_council_needs_members(server, call_kwargs):
     with pytest.raises(litellm.BadRequestError) as info:
         litellm.completion(model="composite/council/openai/chair", messages=user("q"), **call_kwargs)
     assert "council" in str(info.value)
+
+
+def test_openai_seed_reaches_members_and_shuffle_seed_is_separate(server, call_kwargs):
+    """`seed` is the OpenAI sampling parameter (to members); the review order has its own `shuffle_seed`."""
+    _script(server)
+    litellm.completion(model="composite/council/openai/chair", messages=user("q"), council_models=MEMBERS, seed=7,
+                       shuffle_seed=3, **call_kwargs)
+    assert all(r.body.get("seed") == 7 for r in server.requests)

@@ -386,10 +386,11 @@ class RunContext:
                 results.append(MemberResult(call=call, record=record))
         outcome = StageResult(stage=stage, results=results)
         if len(outcome.answers) < needed:
-            raise self._too_few(outcome, needed)
+            raise self.too_few(outcome, needed)
         return outcome
 
-    def _too_few(self, outcome: StageResult, needed: int) -> Exception:
+    def too_few(self, outcome: StageResult, needed: int) -> Exception:
+        """The LiteLLM exception for a stage with fewer than `needed` answers, listing each failure."""
         failures = [r.record for r in outcome.results if not r.ok]
         summary = "; ".join(f"{r.role} {r.label}: {r.error or r.status}" for r in failures)
         message = (f"{self.where}: {outcome.stage}: only {len(outcome.answers)} of {len(outcome.results)} "
@@ -412,7 +413,7 @@ class RunContext:
             if result.ok:
                 return result
             results.append(result)
-        raise self._too_few(StageResult(stage=candidates[0].stage, results=results), 1)
+        raise self.too_few(StageResult(stage=candidates[0].stage, results=results), 1)
 
     async def final_stream(
         self, candidates: Sequence[PlannedCall], messages: list[Any], *, settings: FanOutSettings
@@ -477,8 +478,8 @@ class RunContext:
                 self._emit(self.trace.describe(record))
                 failures.append(MemberResult(call=call, record=record))
                 if sent_any:
-                    raise self._too_few(StageResult(stage=call.stage, results=failures), 1) from None
-        raise self._too_few(StageResult(stage=candidates[0].stage, results=failures), 1)
+                    raise self.too_few(StageResult(stage=call.stage, results=failures), 1) from None
+        raise self.too_few(StageResult(stage=candidates[0].stage, results=failures), 1)
 
 
 class _EmptyAnswer(Exception):

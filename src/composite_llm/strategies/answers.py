@@ -314,14 +314,16 @@ def render_tally(table: Tally, names: Sequence[str], winner: Optional[str] = Non
 
 # --------------------------------------------------------------------------- judge replies
 _SCORE = re.compile(r"SCORE\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\b)?", re.IGNORECASE)
+_OUT_OF_TEN = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*10\b", re.IGNORECASE)
 _WINNER = re.compile(r"WINNER\s*[:=]\s*\**\s*(?:Response\s+)?\(?([AB])\)?(?![\w])", re.IGNORECASE)
 _CONSISTENT = re.compile(r"most\s+consistent\s+response\s+is\s*:?\s*\**\s*Response\s+([A-Z]{1,2})\b", re.IGNORECASE)
 _RESPONSE_LABEL = re.compile(r"\bResponse\s+([A-Z]{1,2})\b")
 
 
 def parse_score(text: str, low: float = 1, high: float = 10) -> Optional[float]:
-    """The last `SCORE: n` (also `n/10`) within [low, high]; None if absent or out of range."""
-    matches = _SCORE.findall(text)
+    """The last `SCORE: n` (also `SCORE: n/10`) within [low, high]; without a SCORE line, the last
+    `n/10` or `n out of 10` (weak judges often write that). None if absent or out of range."""
+    matches = _SCORE.findall(text) or _OUT_OF_TEN.findall(text)
     if not matches:
         return None
     value = float(matches[-1])

@@ -147,7 +147,8 @@ class BestOfNStrategy:
             return index, value
 
         scored = dict(await asyncio.gather(*(score(i) for i in order)))
-        rows = [{"candidate": names[i], "member": answers[i].call.label, "score": scored[i]} for i in range(len(answers))]
+        rows = [{"candidate": names[i], "member": answers[i].call.label, "score": scored[i]}
+                for i in range(len(answers))]
         details["scores"] = rows
         valid = [i for i in range(len(answers)) if scored[i] is not None]
         if not valid:

@@ -64,7 +64,8 @@ class CouncilSettings(FanOutSettings):
 
     review_quorum: fewest reviews stage 2 needs (0: the chairman may proceed without any).
     skip_own_answer: a reviewer that is also a member does not see its own answer.
-    shuffle: each reviewer sees the answers in its own random order (position bias); `seed` fixes it.
+    shuffle: each reviewer sees the answers in its own random order (position bias); `shuffle_seed` fixes it
+        (not `seed`, which is the OpenAI sampling parameter and goes to the members).
     max_council_size: reject topologies with more members (kept from the seed's profiles).
     include_stage_summaries_in_reasoning: show member answer previews in reasoning_content.
     """
@@ -72,7 +73,7 @@ class CouncilSettings(FanOutSettings):
     review_quorum: int = Field(default=0, ge=0)
     skip_own_answer: bool = False
     shuffle: bool = True
-    seed: Optional[int] = None
+    shuffle_seed: Optional[int] = None
     max_council_size: Optional[int] = Field(default=None, ge=1)
     include_stage_summaries_in_reasoning: bool = True
 
@@ -213,7 +214,7 @@ class CouncilStrategy:
         else:  # members review; those that failed stage 1 are not asked
             reviewers = [(ctx.plan(a.call.node, role="reviewer", stage="stage 2 reviews"), index)
                          for index, a in enumerate(answers)]
-        rng = random.Random(settings.seed) if settings.seed is not None else ctx.rng
+        rng = random.Random(settings.shuffle_seed) if settings.shuffle_seed is not None else ctx.rng
         items, views = [], []
         review_messages = with_system_prompt(messages, REVIEW_SYSTEM_PROMPT)
         for call, own_index in reviewers:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from ..engine import MemberResult, PlannedCall, RunContext
+from ..engine import MemberResult, RunContext
 from ..messages import with_system_prompt
 from ..schema import NodeConfig, StrictModel, check_quorum, expand_samples
 from .answers import ExtractionSettings, make_extractor, render_tally, tally
@@ -124,7 +124,8 @@ class DebateStrategy:
                         result.record.extra["answer"] = extract(result.text)
             left = [i for i, result in zip(active, outcome.results) if not result.ok]
             if left:
-                ctx.trace.notes.append(f"round {number}: {', '.join(names[i] for i in left)} failed and left the debate")
+                ctx.trace.notes.append(
+                    f"round {number}: {', '.join(names[i] for i in left)} failed and left the debate")
             active = [i for i, result in zip(active, outcome.results) if result.ok]
             keys = {i: extract(latest[i].text) for i in sorted(latest)}
             agreed = (s.extract != "free" and len(keys) >= 2 and None not in keys.values()

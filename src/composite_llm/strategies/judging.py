@@ -71,12 +71,6 @@ def require_answers(ctx: RunContext, stage: str, results: list[MemberResult], ne
     """The successful results, or the engine's too-few-answers error (429/timeout/503 by cause)."""
     answers = [r for r in results if r.ok]
     if len(answers) < max(needed, 1):
-        # RunContext._too_few builds the same LiteLLM exception fan_out raises; a public name for it
-        # would be cleaner (see the report of issue 9).
-        raise ctx._too_few(StageResult(stage=stage, results=results), max(needed, 1))
+        raise ctx.too_few(StageResult(stage=stage, results=results), max(needed, 1))
     return answers
 
-
-def sample_number(result: MemberResult, fallback: int) -> str:
-    """A short name for one member answer in trace tables: its node label."""
-    return result.call.label or f"#{fallback + 1}"

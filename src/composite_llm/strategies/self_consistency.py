@@ -138,7 +138,7 @@ class SelfConsistencyStrategy:
         results: list[MemberResult] = []
         keys: list[Optional[str]] = []
         waves: list[dict[str, Any]] = []
-        stop = f"all {total} samples spent"
+        stop = "every wave ran (no early stop)" if wave_count > 1 else "one wave (fixed n)"
         for number, start in enumerate(range(0, total, wave_size), start=1):
             stage = "samples" if wave_count == 1 else f"samples · wave {number}/{wave_count}"
             batch = [replace(call, stage=stage) for call in calls[start:start + wave_size]]
@@ -197,7 +197,8 @@ class SelfConsistencyStrategy:
                                      f"tie between {listing} ({tied[0].count} votes each)")
         first = tied[0]
         ctx.trace.notes.append(f"tie between {listing} with {first.count} votes each, broken by rule 'first': "
-                               f"{first.answer!r} wins because its earliest sample ({numbers[first.voters[0]]}) came first")
+                               f"{first.answer!r} wins because its earliest sample "
+                               f"({numbers[first.voters[0]]}) came first")
         return first.voters[0], "tie broken by rule 'first' (earliest sample)"
 
     async def _judge(self, ctx: RunContext, judge: list[PlannedCall], messages: list[Any],
