@@ -16,21 +16,11 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
+from composite_llm.summary import Outcome, summary
+
 DEFAULT_TASK = "How many r's in strawberry?"
-RULE = "═" * 70
-
-
-@dataclass
-class Outcome:
-    model: str
-    ok: bool
-    text: str
-    latency_s: float
-    total_tokens: Optional[int] = None
-    cost: Optional[float] = None
 
 
 def _float(value: Any) -> Optional[float]:
@@ -48,12 +38,6 @@ def _error_message(exc: Exception) -> str:
             text = str(message)
             return text.split("\n\nLiteLLM:")[0].removeprefix("litellm.")
     return f"{type(exc).__name__}: {exc}"
-
-
-def preview(text: str, width: int = 100) -> str:
-    """One line; the end of a long answer (where the conclusion is), as the seed showed it."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else "..." + flat[-(width - 3):]
 
 
 def ask(client: Any, model: str, task: str, *, stream: bool, max_tokens: Optional[int],
@@ -101,24 +85,6 @@ def _ask_streaming(client: Any, model: str, messages: list, extra: dict, started
     cost = _float((usage.model_extra or {}).get("cost")) if usage is not None else None
     return Outcome(model, True, "".join(parts), time.monotonic() - started,
                    usage.total_tokens if usage else None, cost)
-
-
-def summary(task: str, outcomes: list[Outcome]) -> str:
-    width = max(len(o.model) for o in outcomes)
-    lines = ["", RULE, "📊 SUMMARY", RULE, "", f"Task: {task}", ""]
-    for o in outcomes:
-        if o.ok:
-            stats = [f"{o.latency_s:.2f} s"]
-            stats.append(f"{o.total_tokens} tok" if o.total_tokens is not None else "? tok")
-            stats.append(f"${o.cost:.6f}" if o.cost is not None else "$?")
-            lines.append(f"  ✓ {o.model:<{width}} → {preview(o.text) or '(empty answer)'}")
-            lines.append(f"    {'':<{width}}   {' · '.join(stats)}")
-        else:
-            lines.append(f"  ✗ {o.model:<{width}} → {preview(o.text, 160)}")
-    total_cost = sum(o.cost or 0.0 for o in outcomes)
-    ok = sum(o.ok for o in outcomes)
-    lines += ["", f"{ok}/{len(outcomes)} models answered · total cost ${total_cost:.6f}", RULE]
-    return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
