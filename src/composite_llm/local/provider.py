@@ -1,0 +1,255 @@
+"""`LocalProvider`: the LiteLLM face of the local runtime (`local/<name>` model strings).
+
+Why a CustomLLM in process rather than a llama.cpp server: nothing to start, no port, and the
+composite engine calls `local/...` exactly like any other LiteLLM model (same usage accounting,
+same errors). The handler only translates: LiteLLM arguments in, `ModelResponse` or
+`GenericStreamingChunk`s out, our errors to LiteLLM's exception types (so the proxy maps them to
+the right HTTP status and the engine can tell bad requests from transient failures).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
+
+import httpx
+import litellm
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse
+from litellm.types.utils import Usage as LiteLLMUsage
+
+from composite_llm.local.catalog import get_model
+from composite_llm.local.errors import (
+    LocalContextOverflow,
+    LocalModelError,
+    LocalModelNotInstalled,
+    LocalRuntimeMissing,
+    UnknownLocalModel,
+)
+from composite_llm.local.params import UnsupportedLocalParam, generation_kwargs
+from composite_llm.local.runtime import (
+    Generation,
+    LocalRuntime,
+    LocalTimeout,
+    StreamEvent,
+    default_runtime,
+    raise_for_runtime,
+)
+
+PROVIDER = "local"
+
+
+def _timeout_seconds(timeout: float | httpx.Timeout | None) -> float | None:
+    """LiteLLM hands over a float (or an httpx.Timeout); local generation honours its read part."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, httpx.Timeout):
+        return timeout.read
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def _raise_litellm(exc: Exception, name: str) -> NoReturn:
+    """Re-raise one of our errors as the LiteLLM exception a caller (or the proxy) expects."""
+    model = f"{PROVIDER}/{name}"
+    message = str(exc)
+    if isinstance(exc, LocalContextOverflow):
+        raise litellm.ContextWindowExceededError(message=message, model=model, llm_provider=PROVIDER) from exc
+    if isinstance(exc, (UnknownLocalModel, UnsupportedLocalParam)):
+        raise litellm.BadRequestError(message=message, model=model, llm_provider=PROVIDER) from exc
+    if isinstance(exc, (LocalModelNotInstalled, LocalRuntimeMissing)):
+        raise litellm.NotFoundError(message=message, model=model, llm_provider=PROVIDER) from exc
+    if isinstance(exc, LocalTimeout):
+        raise litellm.Timeout(message=message, model=model, llm_provider=PROVIDER) from exc
+    raise litellm.InternalServerError(message=message, model=model, llm_provider=PROVIDER) from exc
+
+
+def _chunk(event: StreamEvent) -> GenericStreamingChunk:
+    finished = event.finish_reason is not None
+    return GenericStreamingChunk(
+        text=event.text,
+        is_finished=finished,
+        finish_reason=event.finish_reason or "",
+        usage=event.usage.as_dict() if event.usage is not None else None,  # type: ignore[typeddict-item]
+        index=0,
+        tool_use=None,
+        provider_specific_fields=None,
+    )
+
+
+class LocalProvider(CustomLLM):
+    """LiteLLM custom provider serving the catalog's GGUF models through llama.cpp, in process."""
+
+    def __init__(self, runtime: LocalRuntime | None = None) -> None:
+        super().__init__()
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> LocalRuntime:
+        return self._runtime or default_runtime()
+
+    @staticmethod
+    def _check(model: str, optional_params: dict | None = None) -> str:
+        """Catalog name for `model` (LiteLLM strips `local/`); bad requests fail before queueing."""
+        name = model.removeprefix(f"{PROVIDER}/")
+        try:
+            spec = get_model(name)
+            generation_kwargs(optional_params or {})
+            raise_for_runtime()
+        except LocalModelError as exc:
+            _raise_litellm(exc, name)
+        return spec.name
+
+    @staticmethod
+    def _fill(model_response: ModelResponse, name: str, generation: Generation) -> ModelResponse:
+        model_response.choices = [
+            Choices(
+                index=0,
+                finish_reason=generation.finish_reason,
+                message=Message(role="assistant", content=generation.text),
+            )
+        ]
+        model_response.model = f"{PROVIDER}/{name}"
+        model_response.created = int(time.time())
+        usage = generation.usage
+        model_response.usage = LiteLLMUsage(  # type: ignore[attr-defined]
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
+        model_response._hidden_params["response_cost"] = 0.0
+        return model_response
+
+    @staticmethod
+    def _report_zero_cost(logging_obj: Any) -> None:
+        """Streaming cost is read from this private attribute (litellm pinned; see DESIGN.md §2)."""
+        if logging_obj is not None and hasattr(logging_obj, "_provider_reported_cost"):
+            logging_obj._provider_reported_cost = 0.0
+
+    def completion(
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: ModelResponse,
+        print_verbose: Callable,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        acompletion: Any = None,
+        litellm_params: Any = None,
+        logger_fn: Any = None,
+        headers: dict | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        client: Any = None,
+    ) -> ModelResponse:
+        name = self._check(model, optional_params)
+        try:
+            generation = self.runtime.complete(name, messages, optional_params, _timeout_seconds(timeout))
+        except LocalModelError as exc:
+            _raise_litellm(exc, name)
+        return self._fill(model_response, name, generation)
+
+    async def acompletion(
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: ModelResponse,
+        print_verbose: Callable,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        acompletion: Any = None,
+        litellm_params: Any = None,
+        logger_fn: Any = None,
+        headers: dict | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        client: Any = None,
+    ) -> ModelResponse:
+        name = self._check(model, optional_params)
+        try:
+            generation = await self.runtime.acomplete(name, messages, optional_params, _timeout_seconds(timeout))
+        except LocalModelError as exc:
+            _raise_litellm(exc, name)
+        return self._fill(model_response, name, generation)
+
+    def streaming(
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: ModelResponse,
+        print_verbose: Callable,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        acompletion: Any = None,
+        litellm_params: Any = None,
+        logger_fn: Any = None,
+        headers: dict | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        client: Any = None,
+    ) -> Iterator[GenericStreamingChunk]:
+        name = self._check(model, optional_params)  # eager: a bad model fails at call time, not at first chunk
+        return self._sync_chunks(name, messages, optional_params, logging_obj, timeout)
+
+    def _sync_chunks(
+        self,
+        name: str,
+        messages: list,
+        optional_params: dict,
+        logging_obj: Any,
+        timeout: float | httpx.Timeout | None,
+    ) -> Iterator[GenericStreamingChunk]:
+        events = self.runtime.stream(name, messages, optional_params, _timeout_seconds(timeout))
+        try:
+            for event in events:
+                if event.finish_reason is not None:
+                    self._report_zero_cost(logging_obj)
+                yield _chunk(event)
+        except LocalModelError as exc:
+            _raise_litellm(exc, name)
+        finally:
+            events.close()
+
+    async def astreaming(  # type: ignore[override,misc]
+        self,
+        model: str,
+        messages: list,
+        api_base: str,
+        custom_prompt_dict: dict,
+        model_response: ModelResponse,
+        print_verbose: Callable,
+        encoding: Any,
+        api_key: Any,
+        logging_obj: Any,
+        optional_params: dict,
+        acompletion: Any = None,
+        litellm_params: Any = None,
+        logger_fn: Any = None,
+        headers: dict | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        client: Any = None,
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        name = self._check(model, optional_params)
+        events = self.runtime.astream(name, messages, optional_params, _timeout_seconds(timeout))
+        try:
+            async for event in events:
+                if event.finish_reason is not None:
+                    self._report_zero_cost(logging_obj)
+                yield _chunk(event)
+        except LocalModelError as exc:
+            _raise_litellm(exc, name)
+        finally:
+            await events.aclose()

