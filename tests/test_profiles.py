@@ -260,3 +260,21 @@ def test_unknown_parameter_named(server, call_kwargs):
         litellm.completion(model="composite/moa/openai/agg", messages=user("q"), proposers=["openai/p1"],
                            propsers=["x"], **call_kwargs)
     assert "propsers" in str(info.value)
+
+
+def test_broken_low_precedence_source_does_not_break_earlier_profiles(server, call_kwargs, tmp_path, monkeypatch,
+                                                                      explicit_profiles):
+    """A broken ./profiles/ file must not break a profile registered explicitly; a lookup that reaches
+    the broken source reports its error instead of 'unknown profile'."""
+    broken = tmp_path / "profiles"
+    broken.mkdir()
+    (broken / "bad.yaml").write_text("profiles: {oops: {strategy: moa, topology: {aggregator: a/b}}}\n")
+    monkeypatch.chdir(tmp_path)
+    explicit_profiles({"profiles": {"fine": _moa()}})
+    server.set_model("p1", reply="p")
+    server.set_model("agg", reply="fine answer")
+    assert litellm.completion(model="composite/profile/fine", messages=user("q"), **call_kwargs
+                              ).choices[0].message.content == "fine answer"
+    with pytest.raises(litellm.BadRequestError) as info:
+        litellm.completion(model="composite/profile/oops", messages=user("q"), **call_kwargs)
+    assert "bad.yaml" in str(info.value) and "proposers" in str(info.value)

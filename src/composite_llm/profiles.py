@@ -340,21 +340,29 @@ class ProfileRegistry:
             self._explicit = source
             self._explicit_dict = loaded if isinstance(source, dict) else None
 
-    def sources(self) -> list[LoadedSource]:
-        found: list[LoadedSource] = []
+    def sources(self) -> list[Union[LoadedSource, CompositeConfigError]]:
+        """Every source in precedence order; one that fails to load is kept as its error, so a broken
+        low-precedence source (say ./profiles/) does not break profiles found before it."""
+        loaders: list[Any] = []
         if self._explicit is not None:
-            found.append(self._explicit_dict or load_profiles(self._explicit))
+            explicit = self._explicit
+            loaders.append(lambda: self._explicit_dict or load_profiles(explicit))
         env = os.environ.get(PROFILES_ENV)
-        if env:
-            for part in env.split(os.pathsep):
-                if part.strip():
-                    found.append(_load_path(Path(part.strip()).expanduser(), label=f"${PROFILES_ENV}"))
+        for part in (env.split(os.pathsep) if env else []):
+            if part.strip():
+                loaders.append(lambda part=part: _load_path(Path(part.strip()).expanduser(), label=f"${PROFILES_ENV}"))
         block, base_dir = _proxy_block()
         if block is not None:
-            found.append(self._proxy_source(block, base_dir))
+            loaders.append(lambda: self._proxy_source(block, base_dir))
         local = Path.cwd() / DEFAULT_PROFILE_DIR
         if local.is_dir():
-            found.append(_load_path(local))
+            loaders.append(lambda: _load_path(local))
+        found: list[Union[LoadedSource, CompositeConfigError]] = []
+        for load in loaders:
+            try:
+                found.append(load())
+            except CompositeConfigError as exc:
+                found.append(exc)
         return found
 
     def _proxy_source(self, block: Any, base_dir: Optional[Path]) -> LoadedSource:
@@ -378,12 +386,25 @@ class ProfileRegistry:
 
 @dataclass
 class ProfileSnapshot:
-    sources: list[LoadedSource]
+    """The sources as of one request (valid ones and load errors, in precedence order)."""
+
+    entries: list[Union[LoadedSource, CompositeConfigError]]
+
+    @property
+    def sources(self) -> list[LoadedSource]:
+        return [e for e in self.entries if isinstance(e, LoadedSource)]
 
     def get(self, name: str) -> LoadedProfile:
-        for source in self.sources:
-            if name in source.profiles:
-                return source.profiles[name]
+        broken: list[CompositeConfigError] = []
+        for entry in self.entries:
+            if isinstance(entry, CompositeConfigError):
+                broken.append(entry)  # it might define `name`: an error, not a silent fallthrough
+            elif name in entry.profiles:
+                if broken:
+                    break
+                return entry.profiles[name]
+        if broken:
+            raise CompositeConfigError("\n".join(str(e) for e in broken))
         where = ", ".join(s.origin for s in self.sources) or (
             f"no profile sources (pass profiles= to register_composite_provider, set ${PROFILES_ENV}, "
             f"or create ./{DEFAULT_PROFILE_DIR}/)"
