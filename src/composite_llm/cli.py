@@ -231,5 +231,16 @@ register_command(Subcommand(
 ))
 
 
+# Commands that live in their own modules: each defines NAME, HELP, DESCRIPTION, add_arguments and run,
+# and imports only argparse at this point.
+from . import models_command as _models_command  # noqa: E402
+from .dashboard import command as _dashboard_command  # noqa: E402
+from .eval import command as _eval_command  # noqa: E402
+
+for _module in (_eval_command, _dashboard_command, _models_command):
+    register_command(Subcommand(name=_module.NAME, help=_module.HELP, description=_module.DESCRIPTION,
+                                add_arguments=_module.add_arguments, run=_module.run))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

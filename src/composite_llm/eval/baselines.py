@@ -1,0 +1,130 @@
+"""What to run: the models asked for, and with `--baselines` the controls a composite must beat.
+
+- each member of every composite, alone (the strategy's `member_models(topology)`, deduplicated;
+  nested composites are not expanded);
+- Self-MoA of the best member: the best-scoring member sampled three times (temperatures 0.7/0.8/0.9) and
+  aggregated by itself. "Best" is decided on this run's results (accuracy, then lower mean latency), so it
+  runs after the members, as a second phase.
+
+A member alone is called with its model string only: profile node `params` (temperature, max_tokens) and
+provider bundles are not applied, so a member that needs a bundle's api_base gets the run's `--param`s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+PREFIX = "composite/"  # composite_llm.model_string.PREFIX (that module imports litellm)
+SELF_MOA_TEMPERATURES = (0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One column of the comparison: a label (the results key) and how to call it."""
+
+    label: str
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    kind: str = "model"  # model | composite | member (baseline) | self-moa (baseline)
+    baseline_of: Optional[str] = None
+
+    @property
+    def is_composite(self) -> bool:
+        return self.model.startswith(PREFIX)
+
+
+def parse_models(text: str | Sequence[str]) -> list[ModelSpec]:
+    names = text.split(",") if isinstance(text, str) else list(text)
+    specs: list[ModelSpec] = []
+    seen: set[str] = set()
+    for raw in names:
+        name = raw.strip()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        specs.append(ModelSpec(label=name, model=name, kind="composite" if name.startswith(PREFIX) else "model"))
+    return specs
+
+
+def composite_members(model: str) -> list[str]:
+    """The member models of a composite model string, in topology order, without repeats.
+
+    Profiles: `strategy.member_models(topology)`. Inline strings (`composite/moa/<provider>/<model>`): the
+    final-stage model only (the other members come from request parameters this function does not see).
+    """
+    from ..model_string import parse_model_string
+
+    target = parse_model_string(model)
+    if target.profile is not None:
+        from ..profiles import REGISTRY
+
+        profile = REGISTRY.get(target.profile)
+        members = profile.strategy.member_models(profile.topology)
+    else:
+        members = [target.final_model] if target.final_model else []
+    return list(dict.fromkeys(m for m in members if m))
+
+
+def expand_baselines(specs: Sequence[ModelSpec]) -> list[ModelSpec]:
+    """`specs` followed by every composite member not already listed, each as a `member` baseline."""
+    out = list(specs)
+    listed = {s.model for s in specs}
+    for spec in specs:
+        if not spec.is_composite:
+            continue
+        for member in composite_members(spec.model):
+            if member in listed:
+                continue
+            listed.add(member)
+            out.append(ModelSpec(label=member, model=member, kind="member", baseline_of=spec.label))
+    return out
+
+
+def self_moa_candidates(specs: Sequence[ModelSpec]) -> list[str]:
+    """Models eligible as "best member": the members of the listed composites, else the plain models."""
+    members: list[str] = []
+    for spec in specs:
+        if spec.is_composite and spec.kind == "composite":
+            members.extend(composite_members(spec.model))
+    members = [m for m in dict.fromkeys(members) if not m.startswith(PREFIX)]
+    if members:
+        return members
+    return [s.model for s in specs if not s.is_composite]
+
+
+def self_moa_spec(best: str, *, of: Optional[str] = None) -> ModelSpec:
+    """Self-MoA of one model: three samples at different temperatures, aggregated by the same model."""
+    return ModelSpec(
+        label=f"self-moa({best})",
+        model=f"{PREFIX}moa/{best}",
+        kwargs={"proposers": {"model": best, "samples": len(SELF_MOA_TEMPERATURES),
+                              "temperatures": list(SELF_MOA_TEMPERATURES)}},
+        kind="self-moa",
+        baseline_of=of,
+    )
+
+
+def pick_best(results: Iterable[dict[str, Any]], candidates: Sequence[str],
+              task_ids: Optional[set[str]] = None) -> Optional[str]:
+    """The candidate (by label) with the highest accuracy on `task_ids`; ties: lower mean latency, then
+    the earlier candidate. None when no candidate has results."""
+    stats: dict[str, list[float]] = {}
+    for row in results:
+        label = row.get("model")
+        if label not in candidates or (task_ids is not None and row.get("task_id") not in task_ids):
+            continue
+        entry = stats.setdefault(label, [0.0, 0.0, 0.0, 0.0])  # n, correct, latency sum, latency n
+        entry[0] += 1
+        entry[1] += 1 if row.get("correct") else 0
+        if row.get("error") is None and row.get("latency_s") is not None:
+            entry[2] += row["latency_s"]
+            entry[3] += 1
+    if not stats:
+        return None
+
+    def key(label: str) -> tuple[float, float, int]:
+        n, correct, lat_sum, lat_n = stats[label]
+        return (-(correct / n), (lat_sum / lat_n) if lat_n else float("inf"), candidates.index(label))
+
+    return min(stats, key=key)
