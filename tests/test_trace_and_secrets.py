@@ -31,8 +31,11 @@ def test_trace_text_and_dict(server, call_kwargs):
     assert "total: 2/3 sub-calls ok" in text
     data = response.choices[0].message.provider_specific_fields["composite"]
     assert data["strategy"] == "moa" and data["model"] == MOA
-    assert [c["status"] for c in data["sub_calls"]] == ["ok", "failed", "ok"]
-    failed = data["sub_calls"][1]
+    # records are in completion order: the two proposers in either order, then the aggregator
+    by_model = {c["model"]: c for c in data["sub_calls"]}
+    assert [by_model[m]["status"] for m in ("openai/p1", "openai/p2", "openai/agg")] == ["ok", "failed", "ok"]
+    assert data["sub_calls"][-1]["model"] == "openai/agg"
+    failed = by_model["openai/p2"]
     assert failed["error_type"] == "AuthenticationError" and failed["attempts"] == 1  # 401 is not retried
 
 

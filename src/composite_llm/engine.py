@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ class RunContext:
         kwargs["no-log"] = True  # the composite request is logged once, by LiteLLM, with the summed cost
         if call.node.is_composite:
             kwargs["composite_depth"] = self.depth + 1
-            kwargs["composite_stack"] = [*self.stack, call.model]
+            kwargs["composite_stack"] = list(self.stack)  # the nested request appends its own name
         else:
             kwargs.setdefault("max_retries", 0)  # retries are ours, per sub-call, visible in the trace
         return kwargs
@@ -265,7 +266,9 @@ class RunContext:
 
     @staticmethod
     def _retry_delay(exc: BaseException, attempt: int) -> float:
-        headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None) or {}
+        # LiteLLM keeps the upstream's headers in `litellm_response_headers` (its `response.headers` is empty).
+        headers = (getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
+                   or getattr(getattr(exc, "response", None), "headers", None) or {})
         try:
             retry_after = headers.get("retry-after") or headers.get("Retry-After")
             if retry_after is not None:
@@ -299,6 +302,11 @@ class RunContext:
                 except CompositeConfigError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every provider failure becomes a trace entry
+                    if call.node.is_composite and isinstance(exc, litellm.BadRequestError):
+                        # A nested composite answers 400 only for a configuration problem (cycle, depth, missing
+                        # variable, bad parameters): the request is misconfigured, not degraded.
+                        reason = re.sub(r"^litellm\.\w+: ", "", str(exc))
+                        raise CompositeConfigError(f"{call.role} {call.label}: {reason}") from None
                     if isinstance(exc, asyncio.TimeoutError):
                         exc = errors.timed_out(f"no answer within {timeout:.1f} s")
                     remaining = self.remaining()
@@ -429,6 +437,7 @@ class RunContext:
             sent_any = False
             kwargs = self._kwargs(call, messages, final=True, settings=settings)
             kwargs.update(stream=True, stream_options={"include_usage": True})
+            stream = None
             try:
                 timeout = self._timeout_for(call, settings)
                 async with self._limit(call):
@@ -479,7 +488,20 @@ class RunContext:
                 failures.append(MemberResult(call=call, record=record))
                 if sent_any:
                     raise self.too_few(StageResult(stage=call.stage, results=failures), 1) from None
+            finally:
+                # Close the upstream stream now (client gone, stall, failure), not when the GC finds it.
+                await _aclose_quietly(stream)
         raise self.too_few(StageResult(stage=candidates[0].stage, results=failures), 1)
+
+
+async def _aclose_quietly(stream: Any) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
 
 
 class _EmptyAnswer(Exception):

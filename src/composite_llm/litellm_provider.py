@@ -8,6 +8,7 @@ fan-out stays parallel. Errors leave as LiteLLM exception types so status codes 
 from __future__ import annotations
 
 import threading
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
 import litellm
@@ -73,17 +74,18 @@ class CompositeProvider(CustomLLM):
         request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
         chunker = StreamChunker(request.display_model, request.request_id)
         try:
-            async for item in service.stream(request):
-                if isinstance(item, Trace):
-                    # LiteLLM's streaming cost path reads the provider-reported cost (private attribute,
-                    # pinned litellm version, guarded by a regression test).
-                    if logging_obj is not None:
-                        logging_obj._provider_reported_cost = item.cost
-                    yield chunker.final(item)
-                    return
-                chunk = chunker.piece(item)
-                if chunk is not None:
-                    yield chunk
+            async with aclosing(service.stream(request)) as items:
+                async for item in items:
+                    if isinstance(item, Trace):
+                        # LiteLLM's streaming cost path reads the provider-reported cost (private attribute,
+                        # pinned litellm version, guarded by a regression test).
+                        if logging_obj is not None:
+                            logging_obj._provider_reported_cost = item.cost
+                        yield chunker.final(item)
+                        return
+                    chunk = chunker.piece(item)
+                    if chunk is not None:
+                        yield chunk
         except CompositeConfigError as exc:
             raise _config_errors_as_bad_request(exc, model) from None
 

@@ -266,6 +266,9 @@ def load_profiles(source: ProfileSource) -> LoadedSource:
     """Load and validate profiles from a YAML file, a folder of them, or a dict document."""
     if isinstance(source, dict):
         return parse_document(source, "<profiles dict>")
+    if not isinstance(source, (str, os.PathLike)):
+        raise CompositeConfigError(f"profiles must be a YAML file or folder path or a dict document, got "
+                                   f"{type(source).__name__}")
     return _load_path(Path(source).expanduser())
 
 

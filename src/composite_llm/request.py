@@ -112,8 +112,13 @@ def build_request(
     """Validate and resolve a composite request (raises CompositeConfigError with a clear message)."""
     target = parse_model_string(model)
     params = _flatten(dict(optional_params or {}))
-    depth = int(params.pop("composite_depth", 0) or 0)
-    stack = tuple(params.pop("composite_stack", None) or ())
+    depth = params.pop("composite_depth", 0) or 0
+    stack = params.pop("composite_stack", None) or []
+    if isinstance(depth, bool) or not isinstance(depth, int) or not isinstance(stack, list) \
+            or not all(isinstance(name, str) for name in stack):
+        raise CompositeConfigError(f"{target.display_name}: composite_depth and composite_stack are set by nested "
+                                   "composite calls, not by requests")
+    stack = tuple(stack)
     try:
         checked_messages = validate_messages(messages)
     except ValueError as exc:
@@ -130,6 +135,9 @@ def build_request(
         strategy, providers = get_strategy(target.strategy or ""), {}
 
     inline = {k: params.pop(k) for k in list(params) if k in strategy.inline_keys}
+    if inline.get("settings") is not None and not isinstance(inline["settings"], dict):
+        raise CompositeConfigError(f"{target.display_name}: settings must be a mapping of setting -> value, got "
+                                   f"{type(inline['settings']).__name__}")
     shared = {k: params.pop(k) for k in list(params) if k in MEMBER_PARAMS}
     final = {k: params.pop(k) for k in list(params) if k in FINAL_PARAMS}
     for key in TRANSPORT_PARAMS:
@@ -144,7 +152,7 @@ def build_request(
     document_settings = snapshot.settings
     client_keys = _client_keys(litellm_params or {})
     if client_keys is not None and not document_settings.allow_request_overrides:
-        blocked = sorted((set(inline) & client_keys) | (ROUTING_KEYS & client_keys))
+        blocked = sorted((set(inline) | ROUTING_KEYS | INTERNAL_PARAMS) & client_keys)
         if blocked:
             raise CompositeConfigError(
                 f"{target.display_name}: request parameter(s) {', '.join(blocked)} may not change the topology or "
