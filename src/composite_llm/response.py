@@ -38,13 +38,14 @@ def _tool_calls(message: Any) -> Optional[list[Any]]:
 
 def fill_model_response(model_response: ModelResponse, result: CompositeResult, model_name: str) -> ModelResponse:
     trace = result.trace
+    trace_dict = trace.to_dict()
     tool_calls = _tool_calls(result.message)
     message = Message(
         role="assistant",
         content=result.text if (result.text or not tool_calls) else None,
         tool_calls=tool_calls,
         reasoning_content=trace.render_text(),
-        provider_specific_fields={PROVIDER_FIELD: trace.to_dict()},
+        provider_specific_fields={PROVIDER_FIELD: trace_dict},
     )
     choice = model_response.choices[0]
     choice.message = message  # type: ignore[union-attr]
@@ -53,7 +54,7 @@ def fill_model_response(model_response: ModelResponse, result: CompositeResult, 
     model_response.created = int(time.time())
     setattr(model_response, "usage", trace.usage.to_litellm())
     model_response._hidden_params["response_cost"] = trace.cost
-    model_response._hidden_params["composite_trace"] = trace.to_dict()
+    model_response._hidden_params["composite_trace"] = trace_dict
     return model_response
 
 
