@@ -1,0 +1,100 @@
+"""The benchmark suite runs: every benchmark function with tiny sizes, in process (fake backend in a thread,
+no proxy, no local model), checking the shape of what it returns. Timing targets are not asserted here:
+the numbers only mean something in a full run (`python benchmarks/run_all.py`)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common as C  # noqa: E402
+import concurrency  # noqa: E402
+import latency  # noqa: E402
+import local_tokens  # noqa: E402
+import overhead  # noqa: E402
+import quorum  # noqa: E402
+
+from composite_llm import engine  # noqa: E402
+from composite_llm.profiles import REGISTRY  # noqa: E402
+
+
+@pytest.fixture()
+def clean_state():
+    yield
+    import litellm
+
+    litellm.custom_provider_map = [e for e in litellm.custom_provider_map if e.get("provider") != "benchempty"]
+    litellm.utils.custom_llm_setup()
+    REGISTRY.set_explicit(None)
+    engine.set_max_concurrency(engine._DEFAULT_MAX_CONCURRENCY)
+    C.set_suggested_engine_patch(False)
+
+
+def _positive(x: float) -> bool:
+    return isinstance(x, float) and x > 0 and not math.isnan(x)
+
+
+def test_benchmark_functions_run_with_tiny_sizes(clean_state):
+    quiet = lambda _message: None  # noqa: E731
+
+    # helpers
+    assert C.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert C.percentile([5.0], 99) == 5.0
+    tail = quorum.tail_spec(7)
+    assert tail.latency("q1", "x") == tail.latency("q1", "x")  # deterministic: client and server agree
+    assert "| a |" in C.md_table(["a"], [[1]])
+
+    # single-request latency: 2 modes x 1 strategy, the streaming one with TTFT
+    lat = latency.run_latency(reps=1, warmup=0, modes=("async", "async-stream"), strategies=("moa",),
+                              stage_s=0.03, backend_mode="thread", log=quiet)
+    assert [(r["strategy"], r["mode"]) for r in lat["rows"]] == [("moa", "async"), ("moa", "async-stream")]
+    for row in lat["rows"]:
+        assert row["ideal_s"] == pytest.approx(0.06)
+        assert row["composite"]["n"] == row["hand"]["n"] == 1
+        assert _positive(row["ratio_ideal"]) and _positive(row["ratio_hand"])
+        assert row["composite"]["p50"] >= 0.06 * 0.9  # never faster than the members themselves
+    assert _positive(lat["rows"][1]["ttft_ratio_ideal"])
+    assert [r["mode"] for r in lat["leaf_rows"]] == ["async (litellm.acompletion)"]
+    assert "composite/ideal" in latency.render(lat, C.load_average())
+
+    # concurrency sweep: 2 levels x 4 variants, request counts exact, nothing failed
+    con = concurrency.run_concurrency(levels=(1, 3), min_requests=1, min_rounds=1, blocks=1, stage_s=0.03,
+                                      backend_mode="thread", log=quiet)
+    assert len(con["rows"]) == 8
+    for row in con["rows"]:
+        assert row["requests"] == row["level"] and row["errors"] == 0
+        assert len(row["latency"]) and row["latency"]["n"] == row["level"]
+        assert _positive(row["throughput"]) and _positive(row["wall_ratio"]) and row["cpu_per_request_s"] > 0
+    assert engine._max_concurrency == engine._DEFAULT_MAX_CONCURRENCY  # restored after the sweep
+    assert "**Target" not in concurrency.render(con, C.load_average())  # level 40 not run: no verdict claimed
+
+    # quorum: the first requests of seed 7 have no straggler, so waiting for all stays fast
+    q = quorum.run_quorum(requests=4, in_flight=4, configs=("wait_all", "quorum3_grace", "hand_quorum3_grace"),
+                          backend_mode="thread", log=quiet)
+    assert [r["config"] for r in q["rows"]] == ["wait_all", "quorum3_grace", "hand_quorum3_grace"]
+    for row in q["rows"]:
+        assert row["ok"] + row["errors"] == 4
+        assert _positive(row["reference"]["p99"]) and _positive(row["p99_ratio"])
+    by = {r["config"]: r for r in q["rows"]}
+    assert by["wait_all"]["dropped"] == 0
+    assert 0 <= by["quorum3_grace"]["dropped"] <= 2 * 4
+    assert "Target" in quorum.render(q, C.load_average())
+
+    # CPU decomposition
+    over = overhead.run_overhead(requests=2, rounds=1, profile_requests=2, backend_mode="thread", log=quiet)
+    assert all(v["median_ms"] > 0 for v in over["rows"].values())
+    assert over["hot"] and over["hot"][0]["where"].startswith("(whole")
+    assert "Decomposition" in overhead.render(over, C.load_average())
+
+    # local models: only the availability probe (generation is too slow for a smoke test)
+    ok, why, installed = local_tokens.availability()
+    assert ok or why
+    skipped = local_tokens.render({"skipped": "llama-cpp-python is not installed", "rows": [],
+                                   "settings": {"max_tokens": 4, "reps": 1}}, C.load_average())
+    assert "Skipped" in skipped
