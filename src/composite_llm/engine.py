@@ -207,14 +207,27 @@ class RunContext:
     def remaining(self) -> Optional[float]:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
+    @staticmethod
+    def _configured_timeout(call: PlannedCall, settings: FanOutSettings) -> float:
+        """The node's own timeout, the same for every call of it. This is what LiteLLM gets: it keys its
+        cached HTTP clients on the timeout, so a per-call value (time left in the request) would build a new
+        client and connection for nearly every sub-call."""
+        return call.node.timeout_s or settings.member_timeout_s or DEFAULT_MEMBER_TIMEOUT_S
+
     def _timeout_for(self, call: PlannedCall, settings: FanOutSettings) -> float:
-        timeout = call.node.timeout_s or settings.member_timeout_s or DEFAULT_MEMBER_TIMEOUT_S
+        """How long the engine waits for this call: the configured timeout, bounded by the request deadline."""
+        timeout = self._configured_timeout(call, settings)
         remaining = self.remaining()
         if remaining is not None:
             timeout = min(timeout, remaining)
         if timeout <= 0:
             raise errors.timed_out(f"{self.where}: the request timeout expired before {call.role} {call.label} ran")
         return timeout
+
+    def _wait_limit(self, call: PlannedCall, settings: FanOutSettings, timeout: float) -> float:
+        """The engine's own bound: slack after LiteLLM's timeout, or exactly the deadline when that is sooner."""
+        configured = self._configured_timeout(call, settings)
+        return timeout + _TIMEOUT_SLACK_S if timeout >= configured else timeout
 
     def _kwargs(self, call: PlannedCall, messages: list[Any], *, final: bool, settings: FanOutSettings) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self.shared_params)
@@ -293,7 +306,8 @@ class RunContext:
                     timeout = self._timeout_for(call, settings)
                     async with self._limit(call):
                         response = await asyncio.wait_for(
-                            litellm.acompletion(**kwargs, timeout=timeout), timeout + _TIMEOUT_SLACK_S
+                            litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings)),
+                            self._wait_limit(call, settings, timeout),
                         )
                     self._accept(result, response, final=final)
                     break
@@ -441,8 +455,9 @@ class RunContext:
             try:
                 timeout = self._timeout_for(call, settings)
                 async with self._limit(call):
-                    stream = await asyncio.wait_for(litellm.acompletion(**kwargs, timeout=timeout),
-                                                    timeout + _TIMEOUT_SLACK_S)
+                    stream = await asyncio.wait_for(
+                        litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings)),
+                        self._wait_limit(call, settings, timeout))
                     text_parts: list[str] = []
                     iterator = stream.__aiter__()
                     while True:
