@@ -341,11 +341,14 @@ def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(name: str, markdown: str) -> Path:
-    """Write one benchmark's section to benchmarks/results/<name>.md (run_all assembles RESULTS.md)."""
+def write_section(name: str, markdown: str, data: Any = None) -> Path:
+    """Write one benchmark's section to benchmarks/results/<name>.md (run_all assembles RESULTS.md) and,
+    given `data`, the raw result next to it as <name>.json."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.md"
     path.write_text(markdown.rstrip() + "\n", encoding="utf-8")
+    if data is not None:
+        (RESULTS_DIR / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     return path
 
 

@@ -228,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = render(result, started, quick=args.quick)
     print(text)
     if not args.no_write:
-        print(f"written to {C.write_section('concurrency', text)}", file=sys.stderr)
+        print(f"written to {C.write_section('concurrency', text, result)}", file=sys.stderr)
     return 0
 
 

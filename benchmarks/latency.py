@@ -421,7 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = render(result, started, quick=args.quick)
     print(text)
     if not args.no_write:
-        print(f"written to {C.write_section('latency', text)}", file=sys.stderr)
+        print(f"written to {C.write_section('latency', text, result)}", file=sys.stderr)
     return 0
 
 
