@@ -474,36 +474,6 @@ def proxy_config(base_url: str, profiles: dict[str, Any], plain_models: Sequence
     }
 
 
-class _StableTimeoutLiteLLM:
-    """Stands in for the `litellm` module inside `composite_llm.engine` to measure a suggested engine patch
-    without editing the engine: every sub-call gets the same LiteLLM `timeout` (the static member timeout)
-    instead of `min(member timeout, time left in the request)`. LiteLLM keys its cached OpenAI clients on the
-    timeout, so the shipped engine builds a new client (and TCP connection) for nearly every sub-call of a
-    request that has a deadline, which every call through LiteLLM has (600 s by default). The engine still
-    bounds each wait with `asyncio.wait_for`, so deadlines hold either way. Exact for topologies without node
-    or member timeouts (all of this suite's)."""
-
-    def __init__(self, real: Any, static_timeout: float) -> None:
-        self._real, self._static = real, static_timeout
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    async def acompletion(self, **kwargs: Any) -> Any:
-        if kwargs.get("timeout") is not None:
-            kwargs["timeout"] = self._static
-        return await self._real.acompletion(**kwargs)
-
-
-def set_suggested_engine_patch(enabled: bool) -> None:
-    """Turn the what-if patch above on or off (process-wide; benchmarks toggle it between runs)."""
-    import litellm
-
-    from composite_llm import engine
-
-    engine.litellm = _StableTimeoutLiteLLM(litellm, engine.DEFAULT_MEMBER_TIMEOUT_S) if enabled else litellm
-
-
 async def shutdown_litellm() -> None:
     """Stop LiteLLM's logging worker before the loop closes (avoids 'Task was destroyed' noise)."""
     try:

@@ -37,8 +37,6 @@ CONFIGS: dict[str, tuple[dict[str, Any], int, str]] = {
     "quorum3_grace_deadline": ({"quorum": 3, "grace_s": 0.05, "deadline_s": 1.0}, 3,
                                "quorum 3, grace 50 ms, deadline 1 s"),
     "quorum1_deadline": ({"deadline_s": 0.5}, 1, "deadline 500 ms only (quorum 1)"),
-    # what-if: the same composite with the suggested engine patch (common.set_suggested_engine_patch)
-    "quorum3_grace_patched": ({"quorum": 3, "grace_s": 0.05}, 3, "quorum 3, grace 50 ms + suggested patch (what-if)"),
     # not a composite: the same quorum written by hand with asyncio.wait + litellm.acompletion
     "hand_quorum3_grace": ({"quorum": 3, "grace_s": 0.05}, 3, "hand-written: quorum 3, grace 50 ms"),
 }
@@ -132,11 +130,7 @@ def run_quorum(*, requests: int = 200, in_flight: int = 2, seed: int = 7, config
             for number, indices in enumerate(chunks):
                 log(f"quorum: chunk {number + 1}/{len(chunks)}")
                 for name in (configs if number % 2 == 0 else list(reversed(configs))):
-                    C.set_suggested_engine_patch(name == "quorum3_grace_patched")
-                    try:
-                        run = await run_config(name, indices, in_flight, backend.base_url)
-                    finally:
-                        C.set_suggested_engine_patch(False)
+                    run = await run_config(name, indices, in_flight, backend.base_url)
                     merged = results.setdefault(name, {"latencies": {}, "dropped": {}, "degraded": 0, "errors": [],
                                                        "wall_s": 0.0})
                     merged["latencies"].update(run["latencies"])
@@ -189,7 +183,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
         "for all, k = 1 for the deadline-only run, where the ideal is really min(deadline, slowest) + aggregator). "
         "*Excess* = composite minus its own request's reference (paired). Times in ms. With 200 requests the p99 is "
         "the second-worst request, so a single stall of the client's event loop (a garbage collection, a burst of "
-        "load from elsewhere) moves it; the excess columns and the what-if row show how much of it is ours.",
+        "load from elsewhere) moves it; the excess columns and the hand-written row show how much of it is ours.",
         "",
     ])
     if quick:
@@ -207,7 +201,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
     by_name = {r["config"]: r for r in result["rows"]}
     base = by_name.get("wait_all")
     hand = by_name.get(HAND)
-    for name in ("quorum3_grace", "quorum3_grace_deadline", "quorum3_grace_patched"):
+    for name in ("quorum3_grace", "quorum3_grace_deadline"):
         r = by_name.get(name)
         if r is None:
             continue
@@ -217,7 +211,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
             versus += (f"; the hand-written quorum reaches {hand['p99_ratio']:.3f}× of the reference "
                        f"(composite p99 / hand-written p99 = {r['latency']['p99'] / hand['latency']['p99']:.3f})")
         versus += ".  "
-        lines.append(f"{'_What-if:_ ' if name.endswith('patched') else ''}**Target: with quorum k of n, p99 ≤1.2× (k-th fastest member's p99 + final stage) — "
+        lines.append(f"**Target: with quorum k of n, p99 ≤1.2× (k-th fastest member's p99 + final stage) — "
                      f"{r['description']}: {C.ms(r['latency']['p99'])} ms vs {C.ms(r['reference']['p99'])} ms = "
                      f"{r['p99_ratio']:.3f}× → {'met' if r['met'] else 'not met'}**{versus}")
     lines.append("")
