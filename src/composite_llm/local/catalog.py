@@ -14,16 +14,32 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import platform
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from composite_llm.local.errors import LocalModelNotInstalled, UnknownLocalModel
 
-#: Pinned runtime. 0.3.36 is source-only on PyPI (a ~4 min build on 2 cores; pip caches the wheel).
+#: Pinned runtime. 0.3.36 is source-only on PyPI (a ~4 min build on 2 cores).
 RUNTIME_REQUIREMENT = "llama-cpp-python==0.3.36"
 #: The multimodal (llava/mtmd) part is not needed and doubles the build time.
-RUNTIME_BUILD_ENV = 'CMAKE_ARGS="-DLLAVA_BUILD=OFF"'
+_BASE_CMAKE_ARGS = "-DLLAVA_BUILD=OFF"
+#: x86-64 builds target AVX2/FMA/F16C/BMI2 instead of -march=native: a native build on a CPU with AMX
+#: (Intel Xeon, seen here) segfaults in ggml's AMX matrix multiply at the first token. The Makefile's
+#: LLAMA_CMAKE must say the same (tests/test_local_models.py checks).
+_X86_64_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+
+
+def runtime_cmake_args(machine: str | None = None) -> str:
+    """The CMAKE_ARGS llama-cpp-python is built with on this (or the given) machine architecture."""
+    machine = (machine or platform.machine()).lower()
+    return f"{_BASE_CMAKE_ARGS} {_X86_64_CMAKE_ARGS}" if machine in ("x86_64", "amd64") else _BASE_CMAKE_ARGS
+
+
+#: The environment of the build command shown to users. `--no-cache-dir` in that command matters: pip's
+#: wheel cache ignores CMAKE_ARGS and would hand back a wheel built earlier with other flags.
+RUNTIME_BUILD_ENV = f'CMAKE_ARGS="{runtime_cmake_args()}"'
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def runtime_installed() -> bool:
 
 
 def runtime_pip_command() -> str:
-    return f"{RUNTIME_BUILD_ENV} pip install {RUNTIME_REQUIREMENT}"
+    return f"{RUNTIME_BUILD_ENV} pip install --no-cache-dir {RUNTIME_REQUIREMENT}"
 
 
 def _import_llama_cpp() -> Any:
