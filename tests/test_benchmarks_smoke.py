@@ -74,16 +74,19 @@ def test_benchmark_functions_run_with_tiny_sizes(clean_state):
     assert "**Target" not in concurrency.render(con, C.load_average())  # level 40 not run: no verdict claimed
 
     # quorum: the first requests of seed 7 have no straggler, so waiting for all stays fast
-    q = quorum.run_quorum(requests=4, in_flight=4, configs=("wait_all", "quorum3_grace", "hand_quorum3_grace"),
-                          backend_mode="thread", log=quiet)
-    assert [r["config"] for r in q["rows"]] == ["wait_all", "quorum3_grace", "hand_quorum3_grace"]
+    configs = ("wait_all", "quorum3", "quorum3_grace", "hand_quorum3", "hand_quorum3_grace")
+    q = quorum.run_quorum(requests=4, in_flight=4, configs=configs, backend_mode="thread", log=quiet)
+    assert [r["config"] for r in q["rows"]] == list(configs)
     for row in q["rows"]:
         assert row["ok"] + row["errors"] == 4
         assert _positive(row["reference"]["p99"]) and _positive(row["p99_ratio"])
     by = {r["config"]: r for r in q["rows"]}
     assert by["wait_all"]["dropped"] == 0
     assert 0 <= by["quorum3_grace"]["dropped"] <= 2 * 4
-    assert "Target" in quorum.render(q, C.load_average())
+    assert by["quorum3"]["errors"] == 0 and 0 <= by["quorum3"]["dropped"] <= 2 * 4
+    rendered = quorum.render(q, C.load_average())
+    # one verdict per composite quorum row that ran, each compared with its own hand-written row
+    assert rendered.count("**Target") == 2 and rendered.count("the hand-written quorum reaches") == 2
 
     # CPU decomposition
     over = overhead.run_overhead(requests=2, rounds=1, profile_requests=2, backend_mode="thread", log=quiet)
