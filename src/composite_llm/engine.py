@@ -259,19 +259,17 @@ class RunContext:
     def _request_secrets(self) -> set[str]:
         return secret_values_in(self.defaults)
 
-    def _emit(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress(text)
-
     def new_record(self, *, role: str, stage: str, label: str, model: str) -> SubCallRecord:
         """A trace record for a sub-call that is not a LiteLLM call (e.g. a CLI agent run)."""
         return SubCallRecord(stage=stage, role=role, label=label, model=model,
                              started_s=time.monotonic() - self.trace.started)
 
     def add_record(self, record: SubCallRecord) -> None:
-        """Add a finished record to the ledger and report it as progress."""
+        """Add a finished record to the ledger and report it as progress. The progress line is only
+        formatted when someone listens (streaming); non-streamed requests skip that work."""
         self.trace.add(record)
-        self._emit(self.trace.describe(record))
+        if self.progress is not None:
+            self.progress(self.trace.describe(record))
 
     def _record(self, call: PlannedCall) -> SubCallRecord:
         return SubCallRecord(stage=call.stage, role=call.role, label=call.label, model=call.model,
@@ -339,12 +337,10 @@ class RunContext:
         except asyncio.CancelledError:
             record.status = "dropped"
             record.latency_s = time.monotonic() - started
-            self.trace.add(record)
-            self._emit(self.trace.describe(record))
+            self.add_record(record)
             raise
         record.latency_s = time.monotonic() - started
-        self.trace.add(record)
-        self._emit(self.trace.describe(record))
+        self.add_record(record)
         return result
 
     def _accept(self, result: MemberResult, response: Any, *, final: bool) -> None:
@@ -498,8 +494,7 @@ class RunContext:
                 record.extra["status_code"] = errors.status_code_of(exc)
                 if chunks:
                     record.usage, record.cost = _stream_accounting(chunks, messages)
-                self.trace.add(record)
-                self._emit(self.trace.describe(record))
+                self.add_record(record)
                 failures.append(MemberResult(call=call, record=record))
                 if sent_any:
                     raise self.too_few(StageResult(stage=call.stage, results=failures), 1) from None
