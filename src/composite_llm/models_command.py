@@ -7,7 +7,6 @@ the `composite_llm.local` package imports litellm, which `composite-llm --help` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -23,15 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # the package imports litellm: no download
     try:
-        from .local.inventory import format_table, inventory
+        from .local.inventory import print_inventory
     except ImportError as exc:  # pragma: no cover - the local package is part of the distribution
         print(f"composite-llm models: local models unavailable: {exc}", file=sys.stderr)
         return 1
-    rows = inventory()
-    if args.json:
-        json.dump([row.as_dict() for row in rows], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(rows))
+    print_inventory(as_json=args.json)
     return 0
 

@@ -6,6 +6,8 @@ cache markers): no hashing, no assembly, no `llama_cpp` import, so it answers in
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,16 @@ def inventory() -> list[InventoryRow]:
     """One row per catalog model, in catalog order (smallest first)."""
     runtime = runtime_installed()
     return [_row(model, runtime) for model in MODELS]
+
+
+def print_inventory(as_json: bool = False) -> None:
+    """What `composite-llm models` and `python -m composite_llm.local` print: the table, or JSON rows."""
+    rows = inventory()
+    if as_json:
+        json.dump([row.as_dict() for row in rows], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(rows))
 
 
 def format_table(rows: list[InventoryRow] | None = None) -> str:
