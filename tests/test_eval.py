@@ -88,6 +88,13 @@ def test_numeric_scorer(answer, expected, ok):
     assert _score(_task("numeric", expected), answer) is ok
 
 
+def test_numeric_scorer_a_runaway_number_is_wrong_not_an_error():
+    # seen from SmolLM2: an answer of 400 ones; float(got - want) overflowed and the pair counted as an error
+    result = asyncio.run(score_answer(_task("numeric", "42"), "1" * 400))
+    assert result.correct is False and len(result.extracted) <= 200
+    assert _score(_task("numeric", "1" * 400), "1" * 400) is True
+
+
 def test_numeric_scorer_tolerance_and_detail():
     assert _score(_task("numeric", "3.14", tolerance=0.01), "about 3.14159") is True
     assert _score(_task("numeric", "3.14"), "about 3.14159") is False
@@ -349,6 +356,23 @@ def test_eval_command_end_to_end_with_baselines(server, tmp_path, explicit_profi
     assert cli_main(argv) == 0
     assert server.requests == []
     assert "self-moa(openai/good)" in capsys.readouterr().out
+
+
+def test_eval_command_counts_a_retried_pair_by_its_latest_outcome(server, tmp_path, capsys):
+    tasks = tmp_path / "mini.jsonl"
+    tasks.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "expected": t.expected,
+                                         "scorer": "numeric"}) + "\n" for t in _arith_tasks()))
+    out = tmp_path / "out"
+    argv = ["eval", "--tasks", str(tasks), "--models", "openai/flaky", "--out", str(out), "--no-plot",
+            "--param", f"api_base={server.base_url}", "--param", f"api_key={API_KEY}", "--param", "max_retries=0",
+            "--no-progress"]
+    server.set_model("flaky", reply=_doubler, fail_status=400, fail_times=1)  # 400: LiteLLM does not retry it
+    assert cli_main(argv) == 0
+    assert "1 of 3 calls failed" in capsys.readouterr().err
+    assert cli_main(argv) == 0  # the failed pair runs again and now succeeds
+    captured = capsys.readouterr()
+    assert "calls failed" not in captured.err
+    assert len(read_results(out / "results.jsonl")) == 4  # the failure stays in the log, superseded
 
 
 def test_eval_command_argument_errors(capsys, tmp_path):

@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CompositeConfigError
     from . import report
     from .baselines import expand_baselines, parse_models, pick_best, self_moa_candidates, self_moa_spec
-    from .runner import (RESULTS_FILE, RunOptions, done_keys, local_models_involved, plan, read_results, run_eval,
-                         warm_up)
+    from .runner import (RESULTS_FILE, RunOptions, done_keys, latest_results, local_models_involved, plan,
+                         read_results, run_eval, warm_up)
 
     litellm.suppress_debug_info = True
     try:
@@ -178,9 +178,10 @@ def run(args: argparse.Namespace) -> int:
         except PlotUnavailable as exc:
             print(f"plot skipped: {exc}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    errors = sum(1 for r in rows if r.get("error"))
+    latest = list(latest_results(rows).values())  # a pair retried successfully no longer counts as failed
+    errors = sum(1 for r in latest if r.get("error"))
     if errors:
-        print(f"{errors} of {len(rows)} calls failed (counted as wrong); see {paths['results_csv']}; "
+        print(f"{errors} of {len(latest)} calls failed (counted as wrong); see {paths['results_csv']}; "
               "rerun to retry them", file=sys.stderr)
-    return 1 if rows and errors == len(rows) else 0
+    return 1 if latest and errors == len(latest) else 0
 

@@ -125,7 +125,8 @@ def score_numeric(task: Task, answer: str) -> Score:
     if got is None or want is None:
         return Score(False, extracted=extracted, detail="not comparable")
     tolerance = task.tolerance if task.tolerance is not None else DEFAULT_TOLERANCE
-    return Score(abs(float(got - want)) <= tolerance, extracted=extracted)
+    # Exact Fractions throughout: a runaway answer (a 400-digit number) overflows float() and is simply wrong.
+    return Score(abs(got - want) <= Fraction(tolerance), extracted=extracted[:200])
 
 
 SYNC_SCORERS: dict[str, Callable[[Task, str], Score]] = {
