@@ -8,6 +8,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -315,14 +316,19 @@ def test_summaries_and_outputs(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command, end to end
+def _write_arith_tasks(tmp_path: Path) -> Path:
+    tasks = tmp_path / "mini.jsonl"
+    tasks.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "expected": t.expected,
+                                         "scorer": "numeric"}) + "\n" for t in _arith_tasks()))
+    return tasks
+
+
 def test_eval_command_end_to_end_with_baselines(server, tmp_path, explicit_profiles, capsys):
     explicit_profiles(MOA_PROFILE)
     server.set_model("good", reply=_doubler)
     server.set_model("bad", reply="no idea")
     server.set_model("agg", reply=_doubler, latency_s=0.05)
-    tasks = tmp_path / "mini.jsonl"
-    tasks.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "expected": t.expected,
-                                         "scorer": "numeric"}) + "\n" for t in _arith_tasks()))
+    tasks = _write_arith_tasks(tmp_path)
     out = tmp_path / "out"
     argv = ["eval", "--tasks", str(tasks), "--models", "openai/good,composite/profile/eval_moa", "--baselines",
             "--out", str(out), "--param", f"api_base={server.base_url}", "--param", f"api_key={API_KEY}",
@@ -359,9 +365,7 @@ def test_eval_command_end_to_end_with_baselines(server, tmp_path, explicit_profi
 
 
 def test_eval_command_counts_a_retried_pair_by_its_latest_outcome(server, tmp_path, capsys):
-    tasks = tmp_path / "mini.jsonl"
-    tasks.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "expected": t.expected,
-                                         "scorer": "numeric"}) + "\n" for t in _arith_tasks()))
+    tasks = _write_arith_tasks(tmp_path)
     out = tmp_path / "out"
     argv = ["eval", "--tasks", str(tasks), "--models", "openai/flaky", "--out", str(out), "--no-plot",
             "--param", f"api_base={server.base_url}", "--param", f"api_key={API_KEY}", "--param", "max_retries=0",
