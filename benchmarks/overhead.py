@@ -150,8 +150,7 @@ def run_overhead(*, requests: int = 50, rounds: int = 8, profile_requests: int =
     summary = {name: {"median_ms": C.percentile(v, 50) * 1000, "all_ms": [x * 1000 for x in v]}
                for name, v in rows.items()}
     return {"rows": summary, "hot": hot[:16], "cached_clients": cached_clients[0] if cached_clients else None,
-            "settings": {"requests": requests, "rounds": rounds,
-                                                           "profile_requests": profile_requests}}
+            "settings": {"requests": requests, "rounds": rounds, "profile_requests": profile_requests}}
 
 
 def render(result: dict[str, Any], started_load: str, quick: bool = False) -> str:

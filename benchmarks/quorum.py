@@ -43,10 +43,10 @@ CONFIGS: dict[str, tuple[dict[str, Any], int, str]] = {
     "hand_quorum3": ({"quorum": 3, "grace_s": 0.0}, 3, "hand-written: quorum 3, no grace"),
     "hand_quorum3_grace": ({"quorum": 3, "grace_s": 0.05}, 3, "hand-written: quorum 3, grace 50 ms"),
 }
-HAND_PREFIX = "hand_"
 # each composite quorum row is compared with the hand-written row of the same quorum and grace
 HAND_OF = {"quorum3": "hand_quorum3", "quorum3_grace": "hand_quorum3_grace",
            "quorum3_grace_deadline": "hand_quorum3_grace"}
+HAND_WRITTEN = frozenset(HAND_OF.values())
 
 
 def tail_spec(seed: int) -> C.TailSpec:
@@ -104,7 +104,7 @@ async def run_config(name: str, indices: Sequence[int], in_flight: int, base_url
         while not queue.empty():
             index = queue.get_nowait()
             try:
-                if name.startswith(HAND_PREFIX):
+                if name in HAND_WRITTEN:
                     settings, k, _ = CONFIGS[name]
                     seconds, trace = await hand_quorum(base_url, index, k=k, grace_s=settings["grace_s"])
                 else:
@@ -129,7 +129,7 @@ def run_quorum(*, requests: int = 200, in_flight: int = 2, seed: int = 7, config
     results: dict[str, Any] = {}
     with C.Backend(spec, mode=backend_mode) as backend:
         C.register_profiles(backend.base_url, {name: C.moa_profile(MEMBERS, AGGREGATOR, **CONFIGS[name][0])
-                                               for name in configs if not name.startswith(HAND_PREFIX)})
+                                               for name in configs if name not in HAND_WRITTEN})
 
         async def main() -> None:
             await C.warm_up(backend.base_url)

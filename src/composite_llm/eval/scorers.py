@@ -122,11 +122,12 @@ def score_numeric(task: Task, answer: str) -> Score:
     if extracted is None:
         return Score(False, detail="no number in the answer")
     got, want = parse_number(extracted), parse_number(task.expected)
+    shown = extracted[:200]  # as score_regex keeps it: a runaway answer's number can be hundreds of digits
     if got is None or want is None:
-        return Score(False, extracted=extracted, detail="not comparable")
+        return Score(False, extracted=shown, detail="not comparable")
     tolerance = task.tolerance if task.tolerance is not None else DEFAULT_TOLERANCE
     # Exact Fractions throughout: a runaway answer (a 400-digit number) overflows float() and is simply wrong.
-    return Score(abs(got - want) <= Fraction(tolerance), extracted=extracted[:200])
+    return Score(abs(got - want) <= Fraction(tolerance), extracted=shown)
 
 
 SYNC_SCORERS: dict[str, Callable[[Task, str], Score]] = {
