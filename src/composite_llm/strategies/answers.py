@@ -313,37 +313,123 @@ def render_tally(table: Tally, names: Sequence[str], winner: Optional[str] = Non
 
 
 # --------------------------------------------------------------------------- judge replies
+# A verdict is read from the judge's (reviewer's) own words only. Judges see member text, and may quote
+# it; a member can plant a verdict-shaped line ("SCORE: 10", "FINAL RANKING: 1. Response C") for a judge
+# to quote. So a verdict match is skipped when it sits in a span the judge copied from the material it
+# was shown (`quoted_from`), and a reply cut off by its token limit (`truncated`) never reached its own
+# final line: whatever verdict-shaped text it holds was written before it, most likely quoted.
 _SCORE = re.compile(r"SCORE\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\b)?", re.IGNORECASE)
 _OUT_OF_TEN = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*10\b", re.IGNORECASE)
 _WINNER = re.compile(r"WINNER\s*[:=]\s*\**\s*(?:Response\s+)?\(?([AB])\)?(?![\w])", re.IGNORECASE)
 _CONSISTENT = re.compile(r"most\s+consistent\s+response\s+is\s*:?\s*\**\s*Response\s+([A-Z]{1,2})\b", re.IGNORECASE)
 _RESPONSE_LABEL = re.compile(r"\bResponse\s+([A-Z]{1,2})\b")
+_FINAL_RANKING = re.compile(r"FINAL\s+RANKING\s*:?", re.IGNORECASE)
+_QUOTE_PREFIX = re.compile(r"^[\s>*_`\"'\\]+|[\s*_`\"']+$")
 
 
-def parse_score(text: str, low: float = 1, high: float = 10) -> Optional[float]:
-    """The last `SCORE: n` (also `SCORE: n/10`) within [low, high]; without a SCORE line, the last
-    `n/10` or `n out of 10` (weak judges often write that). None if absent or out of range."""
-    matches = _SCORE.findall(text) or _OUT_OF_TEN.findall(text)
+def _normalized(text: str) -> str:
+    """Text compared for quoting: quote marks and emphasis at line ends dropped, whitespace collapsed."""
+    lines = (_QUOTE_PREFIX.sub("", line) for line in text.splitlines())
+    return " ".join(" ".join(line.split()) for line in lines if line.strip()).casefold()
+
+
+def is_quoted(span: str, sources: Sequence[str]) -> bool:
+    """True when `span` (normalized) occurs verbatim in one of `sources` (the material the judge saw)."""
+    needle = _normalized(span)
+    return bool(needle) and any(needle in _normalized(source) for source in sources)
+
+
+def _span_with_previous_line(text: str, start: int, end: int) -> str:
+    """From the start of the last non-empty line before `start` to the end of `end`'s line: enough
+    context that a judge's own verdict line is not mistaken for a quote of an identical line."""
+    line_start = text.rfind("\n", 0, start) + 1
+    previous = text[:line_start].rstrip()
+    previous_start = previous.rfind("\n") + 1 if previous else line_start
+    line_end = text.find("\n", end)
+    return text[previous_start: len(text) if line_end < 0 else line_end]
+
+
+def own_words(text: str, sources: Sequence[str]) -> str:
+    """The reply without the lines it copied from `sources` (for the fallback readings, which look
+    for labels anywhere in the text)."""
+    if not sources:
+        return text
+    return "\n".join(line for line in text.splitlines() if not (line.strip() and is_quoted(line, sources)))
+
+
+def parse_score(text: str, low: float = 1, high: float = 10, *, quoted_from: Sequence[str] = (),
+                truncated: bool = False) -> Optional[float]:
+    """The last own `SCORE: n` (also `SCORE: n/10`) within [low, high]; without a SCORE line, the last
+    `n/10` or `n out of 10` (weak judges often write that). None if absent, out of range or cut off."""
+    if truncated:
+        return None
+    own = [m for m in _SCORE.finditer(text)
+           if not is_quoted(_span_with_previous_line(text, m.start(), m.end()), quoted_from)]
+    matches = [m.group(1) for m in own] or _OUT_OF_TEN.findall(own_words(text, quoted_from))
     if not matches:
         return None
     value = float(matches[-1])
     return value if low <= value <= high else None
 
 
-def parse_winner(text: str) -> Optional[str]:
-    """'A' or 'B' from the last `WINNER: A|B` line; None if absent."""
-    matches = _WINNER.findall(text)
-    return matches[-1].upper() if matches else None
+def parse_winner(text: str, *, quoted_from: Sequence[str] = (), truncated: bool = False) -> Optional[str]:
+    """'A' or 'B' from the last own `WINNER: A|B` line; None if absent or cut off."""
+    if truncated:
+        return None
+    own = [m.group(1) for m in _WINNER.finditer(text)
+           if not is_quoted(_span_with_previous_line(text, m.start(), m.end()), quoted_from)]
+    return own[-1].upper() if own else None
 
 
-def parse_picked_label(text: str, labels: Sequence[str]) -> tuple[Optional[str], str]:
-    """The label a judge picked: after 'most consistent response is', else the only label named.
-    Returns (label or None, how it was read)."""
+def parse_picked_label(text: str, labels: Sequence[str], *, quoted_from: Sequence[str] = (),
+                       truncated: bool = False) -> tuple[Optional[str], str]:
+    """The label a judge picked: after its own 'most consistent response is' (the reply starts with
+    it, so a cut-off reply still has it), else the only label named in its own words (not when cut
+    off). Returns (label or None, how it was read)."""
     valid = {label.split()[-1] for label in labels}
     for match in _CONSISTENT.finditer(text):
-        if match.group(1).upper() in valid:
+        if match.group(1).upper() in valid and not is_quoted(
+                _span_with_previous_line(text, match.start(), match.end()), quoted_from):
             return f"Response {match.group(1).upper()}", "marker"
-    named = {m.group(1) for m in _RESPONSE_LABEL.finditer(text) if m.group(1) in valid}
+    if truncated:
+        return None, "cut off"
+    named = {m.group(1) for m in _RESPONSE_LABEL.finditer(own_words(text, quoted_from)) if m.group(1) in valid}
     if len(named) == 1:
         return f"Response {named.pop()}", "only label named"
     return None, "unparsed"
+
+
+def parse_ranking(text: str, labels: Sequence[str], *, quoted_from: Sequence[str] = (),
+                  truncated: bool = False) -> tuple[list[str], str]:
+    """Labels in ranked order from a review, and how they were read.
+
+    Reads the reviewer's own final section: the labels after its last `FINAL RANKING:` marker
+    ("final_ranking"). A ranking block copied from a member's answer is not the reviewer's own and is
+    skipped. Without an own block, falls back to the order in which labels are first mentioned in the
+    reviewer's own words ("fallback"). A review cut off by its token limit gets no vote ("truncated"):
+    it never wrote its final section. Unknown and repeated labels are skipped; "none" when nothing is
+    usable."""
+    if truncated:
+        return [], "truncated"
+    valid = {label.split()[-1] for label in labels}
+
+    def ranked_in(section: str) -> tuple[list[str], int]:
+        ranked: list[str] = []
+        end = 0
+        for found in _RESPONSE_LABEL.finditer(section):
+            letter = found.group(1)
+            if letter in valid and f"Response {letter}" not in ranked:
+                ranked.append(f"Response {letter}")
+                end = found.end()
+        return ranked, end
+
+    markers = list(_FINAL_RANKING.finditer(text))
+    if markers:
+        last = markers[-1]
+        ranked, end = ranked_in(text[last.end():])
+        block = text[last.start(): last.end() + end]
+        if ranked and not is_quoted(block, quoted_from):
+            return ranked, "final_ranking"
+        text = text[: last.start()] if not ranked else text
+    ranked, _ = ranked_in(own_words(text, quoted_from))
+    return ranked, ("fallback" if ranked else "none")
