@@ -1,7 +1,7 @@
-"""Answers as votes: extraction, majority tallies, and parsing what judges reply.
+"""Answers as votes: extraction, majority tallies, and parsing what judges and reviewers reply.
 
-Pure functions over text, shared by the voting strategies (self-consistency, debate) and the judging
-ones (best-of-n, universal self-consistency). An extractor turns one sample's full text into a
+Pure functions over text, shared by the voting strategies (self-consistency, debate), the judging
+ones (best-of-n, universal self-consistency) and the council's ranking parser. An extractor turns one sample's full text into a
 normalized answer key (or None when it finds none); `tally` counts keys; ties are broken by the
 earliest sample, a rule the strategies state in the trace.
 """
@@ -324,37 +324,51 @@ _WINNER = re.compile(r"WINNER\s*[:=]\s*\**\s*(?:Response\s+)?\(?([AB])\)?(?![\w]
 _CONSISTENT = re.compile(r"most\s+consistent\s+response\s+is\s*:?\s*\**\s*Response\s+([A-Z]{1,2})\b", re.IGNORECASE)
 _RESPONSE_LABEL = re.compile(r"\bResponse\s+([A-Z]{1,2})\b")
 _FINAL_RANKING = re.compile(r"FINAL\s+RANKING\s*:?", re.IGNORECASE)
-_QUOTE_PREFIX = re.compile(r"^[\s>*_`\"'\\]+|[\s*_`\"']+$")
+_QUOTE_MARGIN = 12  # characters of agreement around a verdict that make it a copy, not a coincidence
+_QUOTE_MARKS = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.MULTILINE)
 
 
-def _normalized(text: str) -> str:
-    """Text compared for quoting: quote marks and emphasis at line ends dropped, whitespace collapsed."""
-    lines = (_QUOTE_PREFIX.sub("", line) for line in text.splitlines())
-    return " ".join(" ".join(line.split()) for line in lines if line.strip()).casefold()
+def _unquoted(text: str) -> str:
+    """The text without markdown quote marks at line starts, so a `> `-quoted copy compares as a copy."""
+    return _QUOTE_MARKS.sub("", text)
 
 
-def is_quoted(span: str, sources: Sequence[str]) -> bool:
-    """True when `span` (normalized) occurs verbatim in one of `sources` (the material the judge saw)."""
-    needle = _normalized(span)
-    return bool(needle) and any(needle in _normalized(source) for source in sources)
-
-
-def _span_with_previous_line(text: str, start: int, end: int) -> str:
-    """From the start of the last non-empty line before `start` to the end of `end`'s line: enough
-    context that a judge's own verdict line is not mistaken for a quote of an identical line."""
-    line_start = text.rfind("\n", 0, start) + 1
-    previous = text[:line_start].rstrip()
-    previous_start = previous.rfind("\n") + 1 if previous else line_start
-    line_end = text.find("\n", end)
-    return text[previous_start: len(text) if line_end < 0 else line_end]
+def _quoted_at(text: str, start: int, end: int, sources: Sequence[str]) -> bool:
+    """True when `text[start:end]` (a verdict-shaped match) was copied from a source: it occurs there
+    and the text around it agrees with the source's for at least _QUOTE_MARGIN more characters. A judge
+    whose own verdict happens to read like a line in a source is not caught: its surroundings differ."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    needle = text[start:end]
+    if not needle:
+        return False
+    for source in sources:
+        source = _unquoted(source)
+        pos = source.find(needle)
+        while pos >= 0:
+            left = 0
+            while left < _QUOTE_MARGIN and left < start and left < pos and text[start - left - 1] == source[pos - left - 1]:
+                left += 1
+            right, tail = 0, pos + len(needle)
+            while right < _QUOTE_MARGIN and end + right < len(text) and tail + right < len(source) and (
+                    text[end + right] == source[tail + right]):
+                right += 1
+            if left + right >= _QUOTE_MARGIN:
+                return True
+            pos = source.find(needle, pos + 1)
+    return False
 
 
 def own_words(text: str, sources: Sequence[str]) -> str:
-    """The reply without the lines it copied from `sources` (for the fallback readings, which look
-    for labels anywhere in the text)."""
-    if not sources:
-        return text
-    return "\n".join(line for line in text.splitlines() if not (line.strip() and is_quoted(line, sources)))
+    """The reply without the lines of `sources` it copied, whole or inline (for the fallback readings,
+    which look for labels anywhere in the text). Source lines under 8 characters are too common to tell."""
+    for source in sources:
+        for line in sorted({line.strip() for line in _unquoted(source).splitlines()}, key=len, reverse=True):
+            if len(line) >= 8:
+                text = text.replace(line, "")
+    return text
 
 
 def parse_score(text: str, low: float = 1, high: float = 10, *, quoted_from: Sequence[str] = (),
@@ -363,8 +377,8 @@ def parse_score(text: str, low: float = 1, high: float = 10, *, quoted_from: Seq
     `n/10` or `n out of 10` (weak judges often write that). None if absent, out of range or cut off."""
     if truncated:
         return None
-    own = [m for m in _SCORE.finditer(text)
-           if not is_quoted(_span_with_previous_line(text, m.start(), m.end()), quoted_from)]
+    text = _unquoted(text)
+    own = [m for m in _SCORE.finditer(text) if not _quoted_at(text, m.start(), m.end(), quoted_from)]
     matches = [m.group(1) for m in own] or _OUT_OF_TEN.findall(own_words(text, quoted_from))
     if not matches:
         return None
@@ -376,8 +390,8 @@ def parse_winner(text: str, *, quoted_from: Sequence[str] = (), truncated: bool 
     """'A' or 'B' from the last own `WINNER: A|B` line; None if absent or cut off."""
     if truncated:
         return None
-    own = [m.group(1) for m in _WINNER.finditer(text)
-           if not is_quoted(_span_with_previous_line(text, m.start(), m.end()), quoted_from)]
+    text = _unquoted(text)
+    own = [m.group(1) for m in _WINNER.finditer(text) if not _quoted_at(text, m.start(), m.end(), quoted_from)]
     return own[-1].upper() if own else None
 
 
@@ -387,9 +401,9 @@ def parse_picked_label(text: str, labels: Sequence[str], *, quoted_from: Sequenc
     it, so a cut-off reply still has it), else the only label named in its own words (not when cut
     off). Returns (label or None, how it was read)."""
     valid = {label.split()[-1] for label in labels}
+    text = _unquoted(text)
     for match in _CONSISTENT.finditer(text):
-        if match.group(1).upper() in valid and not is_quoted(
-                _span_with_previous_line(text, match.start(), match.end()), quoted_from):
+        if match.group(1).upper() in valid and not _quoted_at(text, match.start(), match.end(), quoted_from):
             return f"Response {match.group(1).upper()}", "marker"
     if truncated:
         return None, "cut off"
@@ -404,14 +418,15 @@ def parse_ranking(text: str, labels: Sequence[str], *, quoted_from: Sequence[str
     """Labels in ranked order from a review, and how they were read.
 
     Reads the reviewer's own final section: the labels after its last `FINAL RANKING:` marker
-    ("final_ranking"). A ranking block copied from a member's answer is not the reviewer's own and is
-    skipped. Without an own block, falls back to the order in which labels are first mentioned in the
+    ("final_ranking"). When that block was copied from a member's answer, the reviewer wrote no ranking
+    of its own and gets no vote ("quoted"). Without a block, falls back to the order in which labels are first mentioned in the
     reviewer's own words ("fallback"). A review cut off by its token limit gets no vote ("truncated"):
     it never wrote its final section. Unknown and repeated labels are skipped; "none" when nothing is
     usable."""
     if truncated:
         return [], "truncated"
     valid = {label.split()[-1] for label in labels}
+    text = _unquoted(text)
 
     def ranked_in(section: str) -> tuple[list[str], int]:
         ranked: list[str] = []
@@ -427,9 +442,10 @@ def parse_ranking(text: str, labels: Sequence[str], *, quoted_from: Sequence[str
     if markers:
         last = markers[-1]
         ranked, end = ranked_in(text[last.end():])
-        block = text[last.start(): last.end() + end]
-        if ranked and not is_quoted(block, quoted_from):
+        if ranked and _quoted_at(text, last.start(), last.end() + end, quoted_from):
+            return [], "quoted"  # its last ranking is a member's, copied: it wrote none of its own
+        if ranked:
             return ranked, "final_ranking"
-        text = text[: last.start()] if not ranked else text
+        text = text[: last.start()]
     ranked, _ = ranked_in(own_words(text, quoted_from))
     return ranked, ("fallback" if ranked else "none")

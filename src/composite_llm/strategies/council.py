@@ -117,7 +117,7 @@ class ParsedRanking:
 
     reviewer: str
     order: list[int]
-    method: str  # "final_ranking", "fallback", "truncated" or "none"
+    method: str  # "final_ranking", "fallback", "quoted", "truncated" or "none"
 
 
 def aggregate_rankings(rankings: list[ParsedRanking], count: int) -> list[dict[str, Any]]:
