@@ -330,6 +330,7 @@ class FakeOpenAIServer:
                 "model": record.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
                 "usage": usage,
+                "service_tier": "default",  # as OpenAI sends it; LiteLLM's groq/ adapter requires the field
             }
         )
 
