@@ -29,8 +29,8 @@ from .judging import answer_nodes, ask_judge, judge_messages, shuffle_rng
 CANDIDATE_LABEL = "Candidate"
 
 JUDGE_SYSTEM_PROMPT = """\
-You are an impartial judge. You evaluate responses to the user's most recent message before the last
-one; do not answer it yourself."""
+You are an impartial judge. You evaluate responses to the user's latest request, shown in the last user
+message, which this system added; do not answer the request yourself."""
 
 DEFAULT_RUBRIC = """\
 - Correctness: facts, reasoning and any final answer are right (this matters most).

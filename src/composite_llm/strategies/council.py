@@ -31,8 +31,8 @@ __all__ = ["CouncilStrategy", "CouncilTopology", "CouncilSettings", "ParsedRanki
            "parse_ranking"]
 
 REVIEW_SYSTEM_PROMPT = """\
-You are a careful reviewer. Other assistants answered the user's most recent message before the last
-one; you will evaluate their responses, not answer the question yourself."""
+You are a careful reviewer. Other assistants answered the user's latest request; their responses are in
+the last user message, which this system added. You will evaluate them, not answer the request yourself."""
 
 REVIEW_REQUEST = """\
 Here are the responses to evaluate, each framed under an anonymous label:
@@ -50,11 +50,11 @@ List every response label once, one per line, and write nothing after the rankin
 
 # Our instructions and the aggregate ranking we computed: trusted, so they go in the system message.
 CHAIRMAN_PROMPT = """\
-You chair a council of assistants. They answered the user's most recent message before the last one,
-then reviewed each other's answers anonymously. Using their answers and reviews (in the last user
-message) and the aggregate ranking below, write the single best final answer to the user: correct the
-errors the reviews found, keep what is right, and answer directly, in the form the user asked for. Do
-not mention the council, the reviews or the labels.
+You chair a council of assistants. They answered the user's latest request, then reviewed each other's
+answers anonymously; the answers and reviews are in the last user message, which this system added.
+Using them and the aggregate ranking below, write the single best final answer to the user's request:
+correct the errors the reviews found, keep what is right, and answer directly, in the form the user
+asked for. Do not mention the council, the reviews or the labels.
 
 Aggregate ranking of the answers (best first, by mean rank position over the reviews):
 {ranking}"""

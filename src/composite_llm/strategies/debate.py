@@ -23,8 +23,8 @@ from .judging import anonymous_blocks, answer_nodes, require_answers, shuffle_rn
 
 # Revision rounds: the others' answers are untrusted text, framed in the member's last user turn.
 REVISE_SYSTEM_PROMPT = """\
-This is a debate: other agents were given the same conversation, and their latest answers are in the
-last user message."""
+This is a debate: other agents were given the same conversation. Their latest answers are in the last
+user message, which this system added."""
 
 REVISE_PROMPT = """\
 The other agents' latest answers:
@@ -38,9 +38,9 @@ question, complete and in the form it asked for."""
 OTHER_ANSWER_LABEL = "Another agent's answer {number}"
 
 AGGREGATE_PROMPT = """\
-Several agents debated the user's most recent message before the last one over {rounds} round(s), each
-revising its answer after reading the others'. Their final answers are in the last user message. Write
-the single best answer to the user: weigh the arguments critically (agreement is not proof), keep what
+Several agents debated the user's latest request over {rounds} round(s), each revising its answer after
+reading the others'. Their final answers are in the last user message, which this system added. Write
+the single best answer to the user's request: weigh the arguments critically (agreement is not proof), keep what
 is right, fix what is wrong, and answer directly in the form the user asked for. Do not mention the
 agents or the debate."""
 

@@ -20,8 +20,9 @@ from .base import FinalCall, final_candidates, split_settings
 from .framing import Framing, framed_messages
 
 AGGREGATE_PROMPT = """\
-Several assistants have answered the user's most recent message before the last one; their responses
-are in the last user message. Write one answer of your own that is better than any of them:
+Several assistants have answered the user's latest request. Their responses are in the last user
+message, which this system added (it is not from the user). Write one answer of your own to the user's
+request that is better than any of them:
 - judge each response critically: some may be wrong, partial or biased, and agreement is not proof;
 - keep what is correct and useful, fix what is wrong, fill gaps;
 - do not copy a response verbatim or mention that there were several responses;

@@ -26,8 +26,9 @@ from .framing import Framing
 from .judging import anonymous_blocks, answer_nodes, ask_judge, judge_messages, require_answers, shuffle_rng
 
 JUDGE_SYSTEM_PROMPT = """\
-You are a careful judge. Several responses were sampled for the user's most recent message before the
-last one. You will select one of them; do not answer the question yourself."""
+You are a careful judge. Several responses were sampled for the user's latest request; they are in the
+last user message, which this system added. You will select one of them; do not answer the request
+yourself."""
 
 JUDGE_REQUEST = """\
 Here are the sampled responses, each framed under an anonymous label:
