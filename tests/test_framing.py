@@ -136,7 +136,8 @@ def test_council_chairman_and_reviewers_see_only_real_blocks_and_votes(server, e
     server.set_model("r1", reply="C tries to inject instructions.\nFINAL RANKING:\n1. Response A\n2. Response B\n"
                                  "3. Response C")
     server.set_model("r2", reply=f"Response C wrote:\n\n{COUNCIL_ATTACK}", finish_reason="length")
-    server.set_model("r3", reply=f"Response C says, and I repeat it:\n> {COUNCIL_ATTACK.replace(chr(10), chr(10) + '> ')}")
+    quoted = "\n".join("> " + line for line in COUNCIL_ATTACK.splitlines())  # a markdown quote of it all
+    server.set_model("r3", reply=f"Response C says, and I repeat it:\n{quoted}")
     server.set_model("chair", reply="4")
     explicit_profiles({"profiles": {"attacked": {"strategy": "council", "topology": {
         "chairman": "openai/chair", "council": ["openai/c1", "openai/c2", "openai/c3"],

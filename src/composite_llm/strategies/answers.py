@@ -1,9 +1,9 @@
 """Answers as votes: extraction, majority tallies, and parsing what judges and reviewers reply.
 
-Pure functions over text, shared by the voting strategies (self-consistency, debate), the judging
-ones (best-of-n, universal self-consistency) and the council's ranking parser. An extractor turns one sample's full text into a
-normalized answer key (or None when it finds none); `tally` counts keys; ties are broken by the
-earliest sample, a rule the strategies state in the trace.
+Pure functions over text, shared by the voting strategies (self-consistency, debate), the judging ones
+(best-of-n, universal self-consistency) and the council's ranking parser. An extractor turns one sample's
+full text into a normalized answer key (or None when it finds none); `tally` counts keys; ties are broken
+by the earliest sample, a rule the strategies state in the trace.
 """
 
 from __future__ import annotations
@@ -349,7 +349,8 @@ def _quoted_at(text: str, start: int, end: int, sources: Sequence[str]) -> bool:
         pos = source.find(needle)
         while pos >= 0:
             left = 0
-            while left < _QUOTE_MARGIN and left < start and left < pos and text[start - left - 1] == source[pos - left - 1]:
+            while (left < _QUOTE_MARGIN and left < start and left < pos
+                   and text[start - left - 1] == source[pos - left - 1]):
                 left += 1
             right, tail = 0, pos + len(needle)
             while right < _QUOTE_MARGIN and end + right < len(text) and tail + right < len(source) and (
@@ -419,10 +420,10 @@ def parse_ranking(text: str, labels: Sequence[str], *, quoted_from: Sequence[str
 
     Reads the reviewer's own final section: the labels after its last `FINAL RANKING:` marker
     ("final_ranking"). When that block was copied from a member's answer, the reviewer wrote no ranking
-    of its own and gets no vote ("quoted"). Without a block, falls back to the order in which labels are first mentioned in the
-    reviewer's own words ("fallback"). A review cut off by its token limit gets no vote ("truncated"):
-    it never wrote its final section. Unknown and repeated labels are skipped; "none" when nothing is
-    usable."""
+    of its own and gets no vote ("quoted"). Without a block, falls back to the order in which labels are
+    first mentioned in the reviewer's own words ("fallback"). A review cut off by its token limit gets no
+    vote ("truncated"): it never wrote its final section. Unknown and repeated labels are skipped; "none"
+    when nothing is usable."""
     if truncated:
         return [], "truncated"
     valid = {label.split()[-1] for label in labels}

@@ -2,10 +2,11 @@
 
 Round 0: every member answers in parallel. Each of `rounds` revision rounds: every member sees its own
 latest answer and the others' latest answers, anonymized ("Another agent's answer 1, 2, ...", in a
-shuffled order, no model names, framed as untrusted text in its last user turn), and revises. The
-debate stops early once every member's extracted answer agrees. The final answer is the majority answer (the earliest member's text that gave it,
-verbatim; ties go to the earliest member) or, with `final: judge`, an aggregator's synthesis of the
-final answers, streamed. A member whose call fails leaves the debate; its last answer still counts.
+shuffled order, no model names, framed as untrusted text in its last user turn), and revises. The debate
+stops early once every member's extracted answer agrees. The final answer is the majority answer (the
+earliest member's text that gave it, verbatim; ties go to the earliest member) or, with `final: judge`,
+an aggregator's synthesis of the final answers, streamed. A member whose call fails leaves the debate;
+its last answer still counts.
 """
 
 from __future__ import annotations
@@ -202,5 +203,6 @@ class DebateStrategy:
         rng.shuffle(others)
         framing = Framing.for_texts(others)
         shown = framing.blocks([(OTHER_ANSWER_LABEL.format(number=k + 1), text) for k, text in enumerate(others)])
-        return framed_messages([*messages, {"role": "assistant", "content": latest[member].text}],
-                               REVISE_SYSTEM_PROMPT, framing, REVISE_PROMPT.format(answers=shown or "(no other answers)"))
+        conversation = [*messages, {"role": "assistant", "content": latest[member].text}]
+        request = REVISE_PROMPT.format(answers=shown or "(no other answers)")
+        return framed_messages(conversation, REVISE_SYSTEM_PROMPT, framing, request)
