@@ -499,7 +499,8 @@ def test_image_content_reaches_council_members_as_a_list(server, call_kwargs):
     assert outcome.response.choices[0].message.content == "A cat."
     stage1 = [r for r in server.requests if "FINAL RANKING" not in r.all_text and r.model != "chair"]
     assert len(stage1) == 2 and all(r.messages[-1]["content"] == content for r in stage1)
-    assert server.requests_for("chair")[0].messages[-1]["content"] == content
+    # the chairman's last turn is the framed answers and reviews; the user's list content comes just before
+    assert server.requests_for("chair")[0].messages[-2]["content"] == content
 
 
 def test_very_long_message_arrives_intact_and_in_bounded_time(server, call_kwargs):
@@ -510,8 +511,9 @@ def test_very_long_message_arrives_intact_and_in_bounded_time(server, call_kwarg
     assert outcome.error is None, outcome.error
     assert outcome.elapsed < 15
     digest = hashlib.sha256(big.encode()).hexdigest()
-    for name in ("p1", "agg"):
-        assert hashlib.sha256(server.requests_for(name)[0].last_user_text.encode()).hexdigest() == digest
+    for name in ("p1", "agg"):  # the aggregator's own last turn is the framed proposals: check the user's
+        first_user = next(m for m in server.requests_for(name)[0].messages if m["role"] == "user")
+        assert hashlib.sha256(first_user["content"].encode()).hexdigest() == digest
 
 
 # --------------------------------------------------------------------------- request parameters

@@ -100,8 +100,8 @@ def test_cli_agent_as_moa_proposer(fake, server, call_kwargs):  # noqa: F811
         proposers=["openai/p1", {"model": "composite/composer-cli/composer-1", "params": SETTINGS}],
     )
     assert response.choices[0].message.content == "merged"
-    system = server.requests_for("agg")[0].system_text
-    assert "Hello from composer-1." in system and "http proposal" in system
+    proposals = server.requests_for("agg")[0].last_user_text  # member answers: user-role content
+    assert "Hello from composer-1." in proposals and "http proposal" in proposals
     # the nested composite's api_key default did not leak into the CLI's environment
     assert API_KEY not in json.dumps(fake.read_record()["env"])
 

@@ -8,7 +8,13 @@ import litellm
 import pytest
 
 from composite_llm.strategies.council import ParsedRanking, aggregate_rankings, parse_ranking
+from composite_llm.strategies.framing import framed_spans, stated_nonce
 from conftest import API_KEY, user
+
+
+def framed(request):
+    """The (label, text) blocks a prompt frames with the nonce its system message states."""
+    return framed_spans(request.last_user_text, stated_nonce(request.system_text))
 
 MEMBERS = ["openai/c1", "openai/c2", "openai/c3"]
 
@@ -17,7 +23,7 @@ def _reviewer_reply(request):
     """A reviewer that ranks by the number in each answer (highest first), in its own labels."""
     if "FINAL RANKING" not in request.all_text:
         return f"member answer {request.model} number {request.model[-1]}"
-    blocks = re.findall(r"### (Response [A-Z])\nmember answer \S+ number (\d)", request.all_text)
+    blocks = [(label, re.search(r"number (\d)", text).group(1)) for label, text in framed(request)]
     ranked = sorted(blocks, key=lambda b: -int(b[1]))
     return "Critique here.\nFINAL RANKING:\n" + "\n".join(f"{i}. {label}" for i, (label, _) in enumerate(ranked, 1))
 
@@ -48,8 +54,11 @@ def test_seed_readme_council_call(server):
     # every reviewer ranked c3 (number 3) first
     top = council["aggregate"][0]
     assert top["member"] == "openai/c3" and top["mean_rank"] == 1.0
-    assert "Response" in server.requests_for("chair")[0].system_text
-    assert "mean rank" in server.requests_for("chair")[0].system_text
+    chair = server.requests_for("chair")[0]
+    assert "mean rank" in chair.system_text  # the ranking we computed: trusted, in the system message
+    assert [label for label, _ in framed(chair)] == ["Response A", "Response B", "Response C",
+                                                     "Review 1", "Review 2", "Review 3"]
+    assert "member answer" not in chair.system_text  # answers and reviews: user-role content only
 
 
 def test_review_prompts_name_no_model(server, call_kwargs):
@@ -96,7 +105,7 @@ def test_skip_own_answer(server, call_kwargs):
     for name in ("c1", "c2", "c3"):
         review = [r for r in server.requests_for(name) if "FINAL RANKING" in r.all_text][0]
         assert f"member answer openai/{name}" not in review.all_text
-        assert review.all_text.count("### Response") == 2
+        assert [label for label, _ in framed(review)] == ["Response A", "Response B"]
 
 
 def test_failed_member_is_left_out_of_reviews(server, call_kwargs):

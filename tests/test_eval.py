@@ -241,8 +241,10 @@ def _arith_tasks() -> list[Task]:
 
 
 def _doubler(record) -> str:
-    """A model that answers 'What is i+i?' right except for i == 3."""
-    i = int(record.last_user_text.split("What is ")[1].split("+")[0])
+    """A model that answers 'What is i+i?' right except for i == 3 (the question is the first user turn: an
+    aggregator's last one holds the framed proposals)."""
+    question = next(m["content"] for m in record.messages if m["role"] == "user")
+    i = int(question.split("What is ")[1].split("+")[0])
     return f"The answer is {2 * i if i != 3 else 7}."
 
 

@@ -276,7 +276,7 @@ def test_council_explicit_reviewers_all_failing_chairman_still_answers(server, e
     trace = _trace(response)
     assert {m for m in trace["failed_members"]} == {"reviewer openai/r1", "reviewer openai/r2"}
     assert trace["details"]["council"]["rankings"] == []
-    chair_prompt = server.requests_for("chair")[0].system_text
+    chair_prompt = server.requests_for("chair")[0].last_user_text  # answers and reviews: user-role content
     assert "(no reviews)" in chair_prompt and "answer from c1" in chair_prompt and "answer from c2" in chair_prompt
 
 
@@ -296,7 +296,7 @@ def test_council_members_failing_only_as_reviewers(server, call_kwargs):
     trace = _trace(response)
     reviews = [c for c in trace["sub_calls"] if c["role"] == "reviewer"]
     assert len(reviews) == 3 and all(c["status"] == "failed" for c in reviews)
-    assert "(no reviews)" in server.requests_for("chair")[0].system_text
+    assert "(no reviews)" in server.requests_for("chair")[0].last_user_text
 
 
 def test_council_review_quorum_not_met_raises(server, explicit_profiles):
@@ -331,7 +331,7 @@ def test_nested_composite_failing_inside_a_moa(server, call_kwargs, explicit_pro
     assert "inner one down" in inner["error"] and "inner two down" in inner["error"]
     assert len(server.requests_for("i1")) == 2 and len(server.requests_for("i2")) == 2  # their own retry only
     assert not server.requests_for("iagg")
-    assert "answer from p1" in server.requests_for("agg")[0].system_text
+    assert "answer from p1" in server.requests_for("agg")[0].last_user_text
 
 
 def test_nested_composite_aggregator_failing_inside_a_moa(server, call_kwargs, explicit_profiles):

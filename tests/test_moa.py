@@ -27,8 +27,9 @@ def _check_moa_answer(server, response, started, ended):
     assert response.model == MOA
     assert len(server.requests) == 4
     agg = server.requests_for("agg")[0]
-    for name in ("p1", "p2", "p3"):
-        assert f"proposal from {name} says 4" in agg.system_text
+    for name in ("p1", "p2", "p3"):  # proposals are untrusted: user-role content, never the system message
+        assert f"proposal from {name} says 4" in agg.last_user_text
+        assert f"proposal from {name} says 4" not in agg.system_text
     # proposers ran in parallel: all started before the first one finished
     proposer_requests = [r for r in server.requests if r.model != "agg"]
     assert max(r.started for r in proposer_requests) < min(r.finished for r in proposer_requests)
@@ -103,8 +104,9 @@ def test_system_message_merged_and_multimodal_content_kept(server, call_kwargs):
     systems = [m for m in agg.messages if m["role"] == "system"]
     assert len(systems) == 1
     assert systems[0]["content"].startswith("You are terse.")
-    assert "proposal from p1" in systems[0]["content"]
-    assert agg.messages[-1]["content"] == content  # list content preserved, not stringified
+    assert "Several assistants have answered" in systems[0]["content"]  # our instructions merged in
+    assert "proposal from p1" not in systems[0]["content"] and "proposal from p1" in agg.last_user_text
+    assert agg.messages[-2]["content"] == content  # list content preserved, not stringified
     assert server.requests_for("p1")[0].messages[-1]["content"] == content
 
 
@@ -174,9 +176,9 @@ def test_multi_layer_moa(server, call_kwargs):
     )
     assert response.choices[0].message.content == "final"
     l2 = server.requests_for("l2")[0]
-    assert "first layer A" in l2.system_text and "first layer B" in l2.system_text
+    assert "first layer A" in l2.last_user_text and "first layer B" in l2.last_user_text
     agg = server.requests_for("agg")[0]
-    assert "second layer refined" in agg.system_text and "first layer A" not in agg.system_text
+    assert "second layer refined" in agg.last_user_text and "first layer A" not in agg.all_text
 
 
 def test_tools_go_to_final_stage_only_and_tool_calls_return(server, call_kwargs):
@@ -247,7 +249,7 @@ def test_composites_compose(server, call_kwargs, explicit_profiles):
     assert response.choices[0].message.content == "outer final"
     assert len(server.requests) == 5  # inner: 2 + 1, outer: p3 + outer
     assert response.usage.prompt_tokens == sum(r.prompt_tokens for r in server.requests)
-    assert "The answer is 4." in server.requests_for("outer")[0].system_text
+    assert "The answer is 4." in server.requests_for("outer")[0].last_user_text
 
 
 def test_composite_cycle_is_rejected(server, call_kwargs, explicit_profiles):

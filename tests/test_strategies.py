@@ -21,12 +21,12 @@ from composite_llm.strategies.answers import (
     parse_winner,
     tally,
 )
+from composite_llm.strategies.framing import framed_spans, stated_nonce
 from conftest import API_KEY, user
 
 REPO = Path(__file__).resolve().parents[1]
 SC = "composite/self-consistency/openai/sc"
 TEMPS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-BLOCK = re.compile(r"### (Response [A-Z]+)\n(.*?)(?=\n\n### Response |\n\n[A-Z][a-z]+ (?:them|these|this)|\Z)", re.S)
 
 
 def by_temperature(replies):
@@ -39,8 +39,9 @@ def trace_of(response):
 
 
 def blocks(request):
-    """The labelled candidates a judge request shows, in the order shown."""
-    return BLOCK.findall(request.last_user_text)
+    """The labelled candidates a judge request shows, in the order shown: the real frames, those whose
+    markers carry the nonce the system message states."""
+    return framed_spans(request.last_user_text, stated_nonce(request.system_text))
 
 
 def collect(stream):
@@ -538,7 +539,7 @@ MEMBERS = ["openai/d1", "openai/d2", "openai/d3"]
 
 def _debater(first, revised):
     """Answers `first` in round 0 and `revised` when shown the others' answers."""
-    return lambda request: revised if "Another agent answered" in request.last_user_text else first
+    return lambda request: revised if "Another agent's answer" in request.last_user_text else first
 
 
 def test_debate_rounds_prompts_and_early_stop_on_agreement(server, call_kwargs):
@@ -551,10 +552,12 @@ def test_debate_rounds_prompts_and_early_stop_on_agreement(server, call_kwargs):
     assert not server.requests_for("agg")
     assert response.choices[0].message.content == "Still 42."
     revision = server.requests_for("d2")[1]
-    assert revision.messages[0] == {"role": "user", "content": "What is 6*7?"}
-    assert revision.messages[1] == {"role": "assistant", "content": "I think 41."}  # its own latest answer
+    assert revision.messages[0]["role"] == "system"  # our debate note and the framing rule, no member text
+    assert "42" not in revision.messages[0]["content"]
+    assert revision.messages[1] == {"role": "user", "content": "What is 6*7?"}
+    assert revision.messages[2] == {"role": "assistant", "content": "I think 41."}  # its own latest answer
     prompt = revision.last_user_text
-    assert prompt.count("Another agent answered:") == 2
+    assert [label for label, _ in blocks(revision)] == ["Another agent's answer 1", "Another agent's answer 2"]
     assert "I think 42." in prompt and "Surely 42." in prompt and "I think 41." not in prompt
     assert "openai" not in prompt and "d1" not in prompt
     trace = trace_of(response)
@@ -617,8 +620,9 @@ def test_debate_judge_final_streams_the_aggregator(server, call_kwargs):
     assert reasoning.count("member openai/d1") == 2  # progress of both rounds, streamed as reasoning
     assert len(server.requests_for("d1")) == 2  # free-form: no agreement check, every round runs
     agg = server.requests_for("agg")[0]
-    assert "Response A" in agg.system_text and "Response B" in agg.system_text
-    assert "red is best" in agg.system_text and "openai" not in agg.all_text
+    assert [label for label, _ in blocks(agg)] == ["Response A", "Response B"]
+    assert "red is best" in agg.last_user_text and "red is best" not in agg.system_text
+    assert "openai" not in agg.all_text
     assert_usage_is_sum(server, usage)
 
 

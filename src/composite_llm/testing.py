@@ -62,6 +62,7 @@ class ModelBehavior:
     chunk_delay_s: pause between streamed chunks.
     tool_calls: OpenAI tool_calls to return (finish_reason becomes "tool_calls").
     reasoning_tokens / cached_tokens: reported in usage details, to test exact accounting.
+    finish_reason: report this instead of "stop" (e.g. "length": an answer cut off by its token limit).
     """
 
     reply: Union[str, ReplyFn, None] = None
@@ -77,6 +78,7 @@ class ModelBehavior:
     tool_calls: Optional[list[dict[str, Any]]] = None
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    finish_reason: Optional[str] = None
 
 
 @dataclass
@@ -316,7 +318,7 @@ class FakeOpenAIServer:
         if record.stream:
             return await self._stream(request, record, text, usage, behavior)
         message: dict[str, Any] = {"role": "assistant", "content": text}
-        finish_reason = "stop"
+        finish_reason = behavior.finish_reason or "stop"
         if behavior.tool_calls:
             message["tool_calls"] = behavior.tool_calls
             finish_reason = "tool_calls"
@@ -328,6 +330,7 @@ class FakeOpenAIServer:
                 "model": record.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
                 "usage": usage,
+                "service_tier": "default",  # as OpenAI sends it; LiteLLM's groq/ adapter requires the field
             }
         )
 
@@ -377,7 +380,7 @@ class FakeOpenAIServer:
             await response.write(frame({"content": piece}))
             if behavior.chunk_delay_s:
                 await asyncio.sleep(behavior.chunk_delay_s)
-        finish = "stop"
+        finish = behavior.finish_reason or "stop"
         if behavior.tool_calls:
             for index, call in enumerate(behavior.tool_calls):
                 await response.write(frame({"tool_calls": [{"index": index, **call}]}))

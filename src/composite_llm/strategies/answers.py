@@ -1,9 +1,9 @@
-"""Answers as votes: extraction, majority tallies, and parsing what judges reply.
+"""Answers as votes: extraction, majority tallies, and parsing what judges and reviewers reply.
 
-Pure functions over text, shared by the voting strategies (self-consistency, debate) and the judging
-ones (best-of-n, universal self-consistency). An extractor turns one sample's full text into a
-normalized answer key (or None when it finds none); `tally` counts keys; ties are broken by the
-earliest sample, a rule the strategies state in the trace.
+Pure functions over text, shared by the voting strategies (self-consistency, debate), the judging ones
+(best-of-n, universal self-consistency) and the council's ranking parser. An extractor turns one sample's
+full text into a normalized answer key (or None when it finds none); `tally` counts keys; ties are broken
+by the earliest sample, a rule the strategies state in the trace.
 """
 
 from __future__ import annotations
@@ -313,37 +313,140 @@ def render_tally(table: Tally, names: Sequence[str], winner: Optional[str] = Non
 
 
 # --------------------------------------------------------------------------- judge replies
+# A verdict is read from the judge's (reviewer's) own words only. Judges see member text, and may quote
+# it; a member can plant a verdict-shaped line ("SCORE: 10", "FINAL RANKING: 1. Response C") for a judge
+# to quote. So a verdict match is skipped when it sits in a span the judge copied from the material it
+# was shown (`quoted_from`), and a reply cut off by its token limit (`truncated`) never reached its own
+# final line: whatever verdict-shaped text it holds was written before it, most likely quoted.
 _SCORE = re.compile(r"SCORE\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\b)?", re.IGNORECASE)
 _OUT_OF_TEN = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*10\b", re.IGNORECASE)
 _WINNER = re.compile(r"WINNER\s*[:=]\s*\**\s*(?:Response\s+)?\(?([AB])\)?(?![\w])", re.IGNORECASE)
 _CONSISTENT = re.compile(r"most\s+consistent\s+response\s+is\s*:?\s*\**\s*Response\s+([A-Z]{1,2})\b", re.IGNORECASE)
 _RESPONSE_LABEL = re.compile(r"\bResponse\s+([A-Z]{1,2})\b")
+_FINAL_RANKING = re.compile(r"FINAL\s+RANKING\s*:?", re.IGNORECASE)
+_QUOTE_MARGIN = 12  # characters of agreement around a verdict that make it a copy, not a coincidence
+_QUOTE_MARKS = re.compile(r"^[ \t]*(?:>[ \t]?)+", re.MULTILINE)
 
 
-def parse_score(text: str, low: float = 1, high: float = 10) -> Optional[float]:
-    """The last `SCORE: n` (also `SCORE: n/10`) within [low, high]; without a SCORE line, the last
-    `n/10` or `n out of 10` (weak judges often write that). None if absent or out of range."""
-    matches = _SCORE.findall(text) or _OUT_OF_TEN.findall(text)
+def _unquoted(text: str) -> str:
+    """The text without markdown quote marks at line starts, so a `> `-quoted copy compares as a copy."""
+    return _QUOTE_MARKS.sub("", text)
+
+
+def _quoted_at(text: str, start: int, end: int, sources: Sequence[str]) -> bool:
+    """True when `text[start:end]` (a verdict-shaped match) was copied from a source: it occurs there
+    and the text around it agrees with the source's for at least _QUOTE_MARGIN more characters. A judge
+    whose own verdict happens to read like a line in a source is not caught: its surroundings differ."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    needle = text[start:end]
+    if not needle:
+        return False
+    for source in sources:
+        source = _unquoted(source)
+        pos = source.find(needle)
+        while pos >= 0:
+            left = 0
+            while (left < _QUOTE_MARGIN and left < start and left < pos
+                   and text[start - left - 1] == source[pos - left - 1]):
+                left += 1
+            right, tail = 0, pos + len(needle)
+            while right < _QUOTE_MARGIN and end + right < len(text) and tail + right < len(source) and (
+                    text[end + right] == source[tail + right]):
+                right += 1
+            if left + right >= _QUOTE_MARGIN:
+                return True
+            pos = source.find(needle, pos + 1)
+    return False
+
+
+def own_words(text: str, sources: Sequence[str]) -> str:
+    """The reply without the lines of `sources` it copied, whole or inline (for the fallback readings,
+    which look for labels anywhere in the text). Source lines under 8 characters are too common to tell."""
+    for source in sources:
+        for line in sorted({line.strip() for line in _unquoted(source).splitlines()}, key=len, reverse=True):
+            if len(line) >= 8:
+                text = text.replace(line, "")
+    return text
+
+
+def parse_score(text: str, low: float = 1, high: float = 10, *, quoted_from: Sequence[str] = (),
+                truncated: bool = False) -> Optional[float]:
+    """The last own `SCORE: n` (also `SCORE: n/10`) within [low, high]; without a SCORE line, the last
+    `n/10` or `n out of 10` (weak judges often write that). None if absent, out of range or cut off."""
+    if truncated:
+        return None
+    text = _unquoted(text)
+    own = [m for m in _SCORE.finditer(text) if not _quoted_at(text, m.start(), m.end(), quoted_from)]
+    matches = [m.group(1) for m in own] or _OUT_OF_TEN.findall(own_words(text, quoted_from))
     if not matches:
         return None
     value = float(matches[-1])
     return value if low <= value <= high else None
 
 
-def parse_winner(text: str) -> Optional[str]:
-    """'A' or 'B' from the last `WINNER: A|B` line; None if absent."""
-    matches = _WINNER.findall(text)
-    return matches[-1].upper() if matches else None
+def parse_winner(text: str, *, quoted_from: Sequence[str] = (), truncated: bool = False) -> Optional[str]:
+    """'A' or 'B' from the last own `WINNER: A|B` line; None if absent or cut off."""
+    if truncated:
+        return None
+    text = _unquoted(text)
+    own = [m.group(1) for m in _WINNER.finditer(text) if not _quoted_at(text, m.start(), m.end(), quoted_from)]
+    return own[-1].upper() if own else None
 
 
-def parse_picked_label(text: str, labels: Sequence[str]) -> tuple[Optional[str], str]:
-    """The label a judge picked: after 'most consistent response is', else the only label named.
-    Returns (label or None, how it was read)."""
+def parse_picked_label(text: str, labels: Sequence[str], *, quoted_from: Sequence[str] = (),
+                       truncated: bool = False) -> tuple[Optional[str], str]:
+    """The label a judge picked: after its own 'most consistent response is' (the reply starts with
+    it, so a cut-off reply still has it), else the only label named in its own words (not when cut
+    off). Returns (label or None, how it was read)."""
     valid = {label.split()[-1] for label in labels}
+    text = _unquoted(text)
     for match in _CONSISTENT.finditer(text):
-        if match.group(1).upper() in valid:
+        if match.group(1).upper() in valid and not _quoted_at(text, match.start(), match.end(), quoted_from):
             return f"Response {match.group(1).upper()}", "marker"
-    named = {m.group(1) for m in _RESPONSE_LABEL.finditer(text) if m.group(1) in valid}
+    if truncated:
+        return None, "cut off"
+    named = {m.group(1) for m in _RESPONSE_LABEL.finditer(own_words(text, quoted_from)) if m.group(1) in valid}
     if len(named) == 1:
         return f"Response {named.pop()}", "only label named"
     return None, "unparsed"
+
+
+def parse_ranking(text: str, labels: Sequence[str], *, quoted_from: Sequence[str] = (),
+                  truncated: bool = False) -> tuple[list[str], str]:
+    """Labels in ranked order from a review, and how they were read.
+
+    Reads the reviewer's own final section: the labels after its last `FINAL RANKING:` marker
+    ("final_ranking"). When that block was copied from a member's answer, the reviewer wrote no ranking
+    of its own and gets no vote ("quoted"). Without a block, falls back to the order in which labels are
+    first mentioned in the reviewer's own words ("fallback"). A review cut off by its token limit gets no
+    vote ("truncated"): it never wrote its final section. Unknown and repeated labels are skipped; "none"
+    when nothing is usable."""
+    if truncated:
+        return [], "truncated"
+    valid = {label.split()[-1] for label in labels}
+    text = _unquoted(text)
+
+    def ranked_in(section: str) -> tuple[list[str], int]:
+        ranked: list[str] = []
+        end = 0
+        for found in _RESPONSE_LABEL.finditer(section):
+            letter = found.group(1)
+            if letter in valid and f"Response {letter}" not in ranked:
+                ranked.append(f"Response {letter}")
+                end = found.end()
+        return ranked, end
+
+    markers = list(_FINAL_RANKING.finditer(text))
+    if markers:
+        last = markers[-1]
+        ranked, end = ranked_in(text[last.end():])
+        if ranked and _quoted_at(text, last.start(), last.end() + end, quoted_from):
+            return [], "quoted"  # its last ranking is a member's, copied: it wrote none of its own
+        if ranked:
+            return ranked, "final_ranking"
+        text = text[: last.start()]
+    ranked, _ = ranked_in(own_words(text, quoted_from))
+    return ranked, ("fallback" if ranked else "none")

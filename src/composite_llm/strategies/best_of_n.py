@@ -6,6 +6,10 @@ a rubric (`SCORE: n`); the highest score wins, ties go to the earliest candidate
 single-elimination tournament in a shuffled bracket; each match is one judge call (two with
 `both_orders`, A and B swapped) answering `WINNER: A|B`, with the sides drawn at random; an unreadable or
 split verdict goes to the earlier candidate. Matches of one round run in parallel.
+
+Candidates are untrusted text for the judge: framed with a per-prompt nonce in its last user turn
+(`framing.py`); a verdict is read from the judge's own words, never from a line it quoted from a
+candidate or from a reply cut off before its final line (`answers.parse_score`, `parse_winner`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from ..engine import MemberResult, PlannedCall, RunContext
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
 from .answers import parse_score, parse_winner
 from .base import FinalText, final_candidates, split_settings
+from .framing import Framing
 from .judging import answer_nodes, ask_judge, judge_messages, shuffle_rng
 
+CANDIDATE_LABEL = "Candidate"
+
 JUDGE_SYSTEM_PROMPT = """\
-You are an impartial judge. You evaluate responses to the most recent user message of this conversation;
-do not answer it yourself."""
+You are an impartial judge. You evaluate responses to the user's latest request, shown in the last user
+message, which this system added; do not answer the request yourself."""
 
 DEFAULT_RUBRIC = """\
 - Correctness: facts, reasoning and any final answer are right (this matters most).
@@ -33,9 +40,7 @@ DEFAULT_RUBRIC = """\
 POINTWISE_REQUEST = """\
 Here is a candidate response to evaluate:
 
-<candidate>
 {response}
-</candidate>
 
 Judge it against this rubric:
 {rubric}
@@ -46,11 +51,7 @@ SCORE: <an integer from 1 (useless) to 10 (excellent)>"""
 PAIRWISE_REQUEST = """\
 Here are two candidate responses:
 
-### Response A
-{a}
-
-### Response B
-{b}
+{responses}
 
 Compare them against this rubric:
 {rubric}
@@ -138,10 +139,13 @@ class BestOfNStrategy:
         shuffle_rng(ctx, s.shuffle_seed).shuffle(order)  # dispatch order only: each call sees one candidate
 
         async def score(index: int) -> tuple[int, Optional[float]]:
-            request = judge_messages(messages, JUDGE_SYSTEM_PROMPT,
-                                     POINTWISE_REQUEST.format(response=answers[index].text.strip(), rubric=rubric))
+            shown = answers[index].text
+            framing = Framing.for_texts([shown])
+            request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, framing, POINTWISE_REQUEST.format(
+                response=framing.block(CANDIDATE_LABEL, shown), rubric=rubric))
             result = await ask_judge(ctx, judge, request, s)
-            value = parse_score(result.text) if result is not None else None
+            value = (parse_score(result.text, quoted_from=[shown], truncated=result.finish_reason == "length")
+                     if result is not None else None)
             if result is not None:
                 result.record.extra.update(candidate=names[index], score=value)
             return index, value
@@ -211,10 +215,13 @@ class BestOfNStrategy:
                      sides: list[tuple[int, int]], rubric: str, s: BestOfNSettings) -> tuple[dict[int, int], list[str]]:
         """Judge one match (once per side order); votes per candidate index and readable verdicts."""
         async def one(a: int, b: int) -> tuple[int, int, Optional[str]]:
-            request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, PAIRWISE_REQUEST.format(
-                a=answers[a].text.strip(), b=answers[b].text.strip(), rubric=rubric))
+            shown = [answers[a].text, answers[b].text]
+            framing = Framing.for_texts(shown)
+            request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, framing, PAIRWISE_REQUEST.format(
+                responses=framing.blocks([("Response A", shown[0]), ("Response B", shown[1])]), rubric=rubric))
             result = await ask_judge(ctx, judge, request, s)
-            verdict = parse_winner(result.text) if result is not None else None
+            verdict = (parse_winner(result.text, quoted_from=shown, truncated=result.finish_reason == "length")
+                       if result is not None else None)
             if result is not None:
                 result.record.extra.update(response_a=a + 1, response_b=b + 1, winner=verdict)
             return a, b, verdict

@@ -5,6 +5,10 @@ in its own shuffled order (optionally without its own answer), critiques them an
 `FINAL RANKING:` list; rankings are parsed (with a fallback) and averaged by rank position. Stage 3: the
 chairman writes the final answer from the answers, the reviews (relabelled to one shared labelling) and
 the aggregate ranking. No prompt ever contains a model name.
+
+Answers and reviews are untrusted text: they reach reviewers and the chairman only in the last user
+message, inside nonce-tagged frames (`framing.py`); the aggregate ranking, which we compute, is in the
+system message. A ranking is read from the reviewer's own final section only (`answers.parse_ranking`).
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, model_validator
 
 from ..engine import MemberResult, RunContext
-from ..messages import response_labels, with_system_prompt
+from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum
+from .answers import parse_ranking
 from .base import FinalCall, final_candidates, split_settings
+from .framing import Framing, framed_messages
+
+__all__ = ["CouncilStrategy", "CouncilTopology", "CouncilSettings", "ParsedRanking", "aggregate_rankings",
+           "parse_ranking"]
 
 REVIEW_SYSTEM_PROMPT = """\
-You are a careful reviewer. Other assistants answered the most recent user message of this conversation;
-you will evaluate their responses, not answer the question yourself."""
+You are a careful reviewer. Other assistants answered the user's latest request; their responses are in
+the last user message, which this system added. You will evaluate them, not answer the request yourself."""
 
 REVIEW_REQUEST = """\
-Here are the responses to evaluate, each under an anonymous label:
+Here are the responses to evaluate, each framed under an anonymous label:
 
 {responses}
 
@@ -39,23 +48,29 @@ FINAL RANKING:
 
 List every response label once, one per line, and write nothing after the ranking."""
 
+# Our instructions and the aggregate ranking we computed: trusted, so they go in the system message.
 CHAIRMAN_PROMPT = """\
-You chair a council of assistants. They answered the most recent user message, then reviewed each other's
-answers anonymously. Using their answers, the reviews and the aggregate ranking below, write the single
-best final answer to the user: correct the errors the reviews found, keep what is right, and answer
-directly, in the form the user asked for. Do not mention the council, the reviews or the labels.
+You chair a council of assistants. They answered the user's latest request, then reviewed each other's
+answers anonymously; the answers and reviews are in the last user message, which this system added.
+Using them and the aggregate ranking below, write the single best final answer to the user's request:
+correct the errors the reviews found, keep what is right, and answer directly, in the form the user
+asked for. Do not mention the council, the reviews or the labels.
 
-## Answers
-{responses}
-
-## Reviews
-{reviews}
-
-## Aggregate ranking (best first, by mean rank position)
+Aggregate ranking of the answers (best first, by mean rank position over the reviews):
 {ranking}"""
 
-RESPONSE_BLOCK = "### {label}\n{text}"
-_FINAL_RANKING = re.compile(r"FINAL\s+RANKING\s*:?", re.IGNORECASE)
+# The members' answers and the reviews: untrusted, framed, in the last user message.
+CHAIRMAN_REQUEST = """\
+The council's answers:
+
+{responses}
+
+The reviews:
+
+{reviews}
+
+Write the final answer now."""
+
 _LABEL = re.compile(r"\bResponse\s+([A-Z]{1,2})\b")
 
 
@@ -102,26 +117,7 @@ class ParsedRanking:
 
     reviewer: str
     order: list[int]
-    method: str  # "final_ranking", "fallback" or "none"
-
-
-def parse_ranking(text: str, labels: list[str]) -> tuple[list[str], str]:
-    """Labels in ranked order from a review. Reads the `FINAL RANKING:` block; without one, falls back
-    to the order in which labels are first mentioned. Unknown and repeated labels are skipped."""
-    valid = {label.split()[-1] for label in labels}
-    match = None
-    for match in _FINAL_RANKING.finditer(text):
-        pass
-    section, method = (text[match.end():], "final_ranking") if match else (text, "fallback")
-    ranked: list[str] = []
-    for found in _LABEL.finditer(section):
-        letter = found.group(1)
-        if letter in valid and f"Response {letter}" not in ranked:
-            ranked.append(f"Response {letter}")
-    if match and not ranked:
-        earlier, earlier_method = parse_ranking(text[: match.start()], labels)
-        return earlier, ("fallback" if earlier else earlier_method)
-    return ranked, (method if ranked else "none")
+    method: str  # "final_ranking", "fallback", "quoted", "truncated" or "none"
 
 
 def aggregate_rankings(rankings: list[ParsedRanking], count: int) -> list[dict[str, Any]]:
@@ -189,15 +185,17 @@ class CouncilStrategy:
 
         aggregate = aggregate_rankings(rankings, len(answers))
         self._record_rankings(ctx, rankings, aggregate, answers, labels)
-        prompt = CHAIRMAN_PROMPT.format(
-            responses="\n\n".join(RESPONSE_BLOCK.format(label=l, text=a.text.strip()) for l, a in zip(labels, answers)),
-            reviews="\n\n".join(f"### Review {i + 1}\n{_relabel(r.text.strip(), mapping)}"
-                                for i, (r, mapping) in enumerate(reviews)) or "(no reviews)",
-            ranking="\n".join(f"{pos}. {row['response']} (mean rank {row['mean_rank']:.2f}, {row['votes']} votes)"
-                              for pos, row in enumerate(aggregate, start=1) if row["mean_rank"] is not None)
-            or "(no rankings)",
+        reviewed = [_relabel(r.text.strip(), mapping) for r, mapping in reviews]
+        framing = Framing.for_texts([*(a.text for a in answers), *reviewed])
+        ranking = "\n".join(f"{pos}. {row['response']} (mean rank {row['mean_rank']:.2f}, {row['votes']} votes)"
+                            for pos, row in enumerate(aggregate, start=1) if row["mean_rank"] is not None)
+        request = CHAIRMAN_REQUEST.format(
+            responses=framing.blocks([(label, a.text) for label, a in zip(labels, answers)]),
+            reviews=framing.blocks([(f"Review {i + 1}", text) for i, text in enumerate(reviewed)]) or "(no reviews)",
         )
-        return FinalCall(candidates=candidates, messages=with_system_prompt(messages, prompt), settings=settings)
+        prompt = CHAIRMAN_PROMPT.format(ranking=ranking or "(no rankings)")
+        return FinalCall(candidates=candidates, messages=framed_messages(messages, prompt, framing, request),
+                         settings=settings)
 
     async def _review(
         self,
@@ -216,15 +214,15 @@ class CouncilStrategy:
                          for index, a in enumerate(answers)]
         rng = random.Random(settings.shuffle_seed) if settings.shuffle_seed is not None else ctx.rng
         items, views = [], []
-        review_messages = with_system_prompt(messages, REVIEW_SYSTEM_PROMPT)
         for call, own_index in reviewers:
             shown = [i for i in range(len(answers)) if not (settings.skip_own_answer and i == own_index)]
             if settings.shuffle:
                 rng.shuffle(shown)
             view_labels = response_labels(len(shown))
-            block = "\n\n".join(RESPONSE_BLOCK.format(label=vl, text=answers[i].text.strip())
-                                for vl, i in zip(view_labels, shown))
-            items.append((call, [*review_messages, {"role": "user", "content": REVIEW_REQUEST.format(responses=block)}]))
+            framing = Framing.for_texts(answers[i].text for i in shown)
+            block = framing.blocks([(vl, answers[i].text) for vl, i in zip(view_labels, shown)])
+            items.append((call, framed_messages(messages, REVIEW_SYSTEM_PROMPT, framing,
+                                                REVIEW_REQUEST.format(responses=block))))
             views.append((view_labels, shown))
         outcome = await ctx.fan_out(items, settings=settings, stage="stage 2 reviews", quorum=settings.review_quorum)
         reviews, rankings = [], []
@@ -232,7 +230,10 @@ class CouncilStrategy:
             if not result.ok:
                 continue
             mapping = {vl: labels[i] for vl, i in zip(view_labels, shown)}
-            ranked, method = parse_ranking(result.text, view_labels)
+            # Only the reviewer's own final section counts: not a ranking it quoted from an answer,
+            # nor anything from a review cut off before its end.
+            ranked, method = parse_ranking(result.text, view_labels, quoted_from=[answers[i].text for i in shown],
+                                           truncated=result.finish_reason == "length")
             order = [shown[view_labels.index(label)] for label in ranked]
             rankings.append(ParsedRanking(reviewer=result.call.label, order=order, method=method))
             result.record.extra["ranking"] = [labels[i] for i in order]

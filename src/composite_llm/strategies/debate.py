@@ -1,11 +1,12 @@
 """Multi-agent debate (Du et al. 2023), ended by a vote or by an aggregator ("Debate or Vote", 2025).
 
 Round 0: every member answers in parallel. Each of `rounds` revision rounds: every member sees its own
-latest answer and the others' latest answers, anonymized ("Another agent answered: ...", in a
-shuffled order, no model names), and revises. The debate stops early once every member's extracted
-answer agrees. The final answer is the majority answer (the earliest member's text that gave it,
-verbatim; ties go to the earliest member) or, with `final: judge`, an aggregator's synthesis of the
-final answers, streamed. A member whose call fails leaves the debate; its last answer still counts.
+latest answer and the others' latest answers, anonymized ("Another agent's answer 1, 2, ...", in a
+shuffled order, no model names, framed as untrusted text in its last user turn), and revises. The debate
+stops early once every member's extracted answer agrees. The final answer is the majority answer (the
+earliest member's text that gave it, verbatim; ties go to the earliest member) or, with `final: judge`,
+an aggregator's synthesis of the final answers, streamed. A member whose call fails leaves the debate;
+its last answer still counts.
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 
 from ..engine import MemberResult, RunContext
-from ..messages import with_system_prompt
 from ..schema import NodeConfig, StrictModel, check_quorum, expand_samples
 from .answers import ExtractionSettings, make_extractor, render_tally, tally
 from .base import FinalCall, FinalText, final_candidates, split_settings
+from .framing import Framing, framed_messages
 from .judging import anonymous_blocks, answer_nodes, require_answers, shuffle_rng
 
+# Revision rounds: the others' answers are untrusted text, framed in the member's last user turn.
+REVISE_SYSTEM_PROMPT = """\
+This is a debate: other agents were given the same conversation. Their latest answers are in the last
+user message, which this system added."""
+
 REVISE_PROMPT = """\
-Other agents were given the same conversation. Their latest answers follow.
+The other agents' latest answers:
 
 {answers}
 
@@ -30,15 +36,21 @@ Use their reasoning as additional information, but think for yourself: any of th
 included, may be wrong. Check the reasoning step by step, then give your updated answer to the original
 question, complete and in the form it asked for."""
 
-OTHER_ANSWER = "Another agent answered:\n{text}"
+OTHER_ANSWER_LABEL = "Another agent's answer {number}"
 
 AGGREGATE_PROMPT = """\
-Several agents debated the most recent user message over {rounds} round(s), each revising its answer
-after reading the others'. Their final answers are below. Write the single best answer to the user:
-weigh the arguments critically (agreement is not proof), keep what is right, fix what is wrong, and
-answer directly in the form the user asked for. Do not mention the agents or the debate.
+Several agents debated the user's latest request over {rounds} round(s), each revising its answer after
+reading the others'. Their final answers are in the last user message, which this system added. Write
+the single best answer to the user's request: weigh the arguments critically (agreement is not proof), keep what
+is right, fix what is wrong, and answer directly in the form the user asked for. Do not mention the
+agents or the debate."""
 
-{responses}"""
+AGGREGATE_REQUEST = """\
+The agents' final answers:
+
+{responses}
+
+Write your answer now."""
 
 
 class DebateSettings(ExtractionSettings):
@@ -172,10 +184,12 @@ class DebateStrategy:
                                        f"member's last answer ({finalist_names[0]})")
                 return FinalText(finalists[0].text, finish_reason=finalists[0].finish_reason or "stop")
             ctx.trace.notes.append(f"no final answer was extractable ({s.extract}): the aggregator synthesizes")
-        block, labels, order = anonymous_blocks([r.text for r in finalists], rng)
+        framing = Framing.for_texts(r.text for r in finalists)
+        block, labels, order = anonymous_blocks([r.text for r in finalists], rng, framing)
         details["aggregator_saw"] = {label: finalist_names[i] for label, i in zip(labels, order)}
-        prompt = AGGREGATE_PROMPT.format(rounds=len(history) - 1, responses=block)
-        return FinalCall(candidates=aggregator, messages=with_system_prompt(messages, prompt), settings=s)
+        prompt = AGGREGATE_PROMPT.format(rounds=len(history) - 1)
+        return FinalCall(candidates=aggregator, settings=s, messages=framed_messages(
+            messages, prompt, framing, AGGREGATE_REQUEST.format(responses=block)))
 
     @staticmethod
     def _stage(number: int) -> str:
@@ -184,9 +198,11 @@ class DebateStrategy:
     @staticmethod
     def _revision(messages: list[Any], latest: dict[int, MemberResult], member: int, rng: Any) -> list[Any]:
         """The member's view for a revision round: the conversation, its own latest answer, and the
-        others' latest answers in a shuffled order."""
-        others = [latest[j].text.strip() for j in sorted(latest) if j != member]
+        others' latest answers in a shuffled order, framed in the last user turn."""
+        others = [latest[j].text for j in sorted(latest) if j != member]
         rng.shuffle(others)
-        shown = "\n\n---\n\n".join(OTHER_ANSWER.format(text=text) for text in others) or "(no other answers)"
-        return [*messages, {"role": "assistant", "content": latest[member].text},
-                {"role": "user", "content": REVISE_PROMPT.format(answers=shown)}]
+        framing = Framing.for_texts(others)
+        shown = framing.blocks([(OTHER_ANSWER_LABEL.format(number=k + 1), text) for k, text in enumerate(others)])
+        conversation = [*messages, {"role": "assistant", "content": latest[member].text}]
+        request = REVISE_PROMPT.format(answers=shown or "(no other answers)")
+        return framed_messages(conversation, REVISE_SYSTEM_PROMPT, framing, request)

@@ -3,7 +3,9 @@
 
 - `answer_nodes`: the members that produce the final answer get the client's answer-shaping parameters
   (max_tokens, response_format, stop), which the engine otherwise gives to the final stage only.
-- `anonymous_blocks`: candidate texts under "Response A/B/..." labels, in a shuffled order.
+- `anonymous_blocks`: candidate texts framed under "Response A/B/..." labels, in a shuffled order.
+- `judge_messages`: the judge's prompt, our instructions in the system message and the framed candidates
+  (untrusted) in the last user message (`framing.py`).
 - `ask_judge`: one judge call, trying the node's fallbacks; None when every one failed (recorded).
 - `require_answers`: the quorum check across several fan-outs (waves, rounds), with the engine's error.
 """
@@ -14,14 +16,13 @@ import random
 from typing import Any, Optional, Sequence
 
 from ..engine import MemberResult, PlannedCall, RunContext, StageResult
-from ..messages import response_labels, with_system_prompt
+from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig
+from .framing import Framing, framed_messages
 
 # Final-stage parameters that shape the answer text itself. When the answer *is* a member's text, that
 # member must get them; tools are not passed (a vote or a judge returns text, never tool calls).
 ANSWER_PARAMS = ("max_tokens", "max_completion_tokens", "response_format", "stop")
-
-RESPONSE_BLOCK = "### {label}\n{text}"
 
 
 def answer_nodes(ctx: RunContext, nodes: Sequence[NodeConfig], strategy: str) -> list[NodeConfig]:
@@ -40,21 +41,23 @@ def shuffle_rng(ctx: RunContext, seed: Optional[int]) -> random.Random:
     return random.Random(seed) if seed is not None else ctx.rng
 
 
-def anonymous_blocks(texts: Sequence[str], rng: Optional[random.Random]) -> tuple[str, list[str], list[int]]:
-    """Texts as labelled blocks. Returns (the prompt text, the labels, order) where `order[k]` is the
-    index in `texts` shown under `labels[k]`; `rng=None` keeps the given order."""
+def anonymous_blocks(texts: Sequence[str], rng: Optional[random.Random], framing: Framing
+                     ) -> tuple[str, list[str], list[int]]:
+    """Texts as framed, labelled blocks. Returns (the prompt text, the labels, order) where `order[k]` is
+    the index in `texts` shown under `labels[k]`; `rng=None` keeps the given order."""
     order = list(range(len(texts)))
     if rng is not None:
         rng.shuffle(order)
     labels = response_labels(len(order))
-    block = "\n\n".join(RESPONSE_BLOCK.format(label=label, text=texts[i].strip()) for label, i in zip(labels, order))
-    return block, labels, order
+    return framing.blocks([(label, texts[i]) for label, i in zip(labels, order)]), labels, order
 
 
-def judge_messages(messages: list[Any], system_prompt: str, request: str) -> list[dict[str, Any]]:
+def judge_messages(messages: list[Any], system_prompt: str, framing: Framing, request: str
+                   ) -> list[dict[str, Any]]:
     """The conversation (so the judge sees the question as asked, images included), our judging
-    instructions merged into its system message, and the material to judge as a last user turn."""
-    return [*with_system_prompt(messages, system_prompt), {"role": "user", "content": request}]
+    instructions and the framing rule merged into its system message, and the material to judge,
+    framed, as a last user turn."""
+    return framed_messages(messages, system_prompt, framing, request)
 
 
 async def ask_judge(ctx: RunContext, calls: Sequence[PlannedCall], messages: list[Any],

@@ -1,7 +1,8 @@
 """Mixture-of-Agents (Wang et al. 2024): layers of proposers, then one aggregator.
 
-Layer 1 answers the conversation as is. Each later layer, and finally the aggregator, sees the previous
-layer's answers through the aggregate-and-synthesize prompt merged into the system message. Answers are
+Layer 1 answers the conversation as is. Each later layer, and finally the aggregator, gets the
+aggregate-and-synthesize instructions merged into the system message and the previous layer's answers
+in a last user message, each in a nonce-tagged frame it cannot forge (`framing.py`). Answers are
 labelled "Response A, B, ..." with no model names; failed members are left out, never pasted in.
 Self-MoA (one strong model sampled several times) is the same topology with repeated nodes.
 """
@@ -13,21 +14,26 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, field_validator, model_validator
 
 from ..engine import RunContext, StageResult
-from ..messages import response_labels, with_system_prompt
+from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
 from .base import FinalCall, final_candidates, split_settings
+from .framing import Framing, framed_messages
 
 AGGREGATE_PROMPT = """\
-Several assistants have answered the most recent user message. Their responses are below.
-Write one answer of your own that is better than any of them:
+Several assistants have answered the user's latest request. Their responses are in the last user
+message, which this system added (it is not from the user). Write one answer of your own to the user's
+request that is better than any of them:
 - judge each response critically: some may be wrong, partial or biased, and agreement is not proof;
 - keep what is correct and useful, fix what is wrong, fill gaps;
 - do not copy a response verbatim or mention that there were several responses;
-- answer in the form and language the user asked for.
+- answer in the form and language the user asked for."""
 
-{responses}"""
+AGGREGATE_REQUEST = """\
+The responses to synthesize:
 
-RESPONSE_BLOCK = "### {label}\n{text}"
+{responses}
+
+Write your answer now."""
 
 
 class MoASettings(FanOutSettings):
@@ -36,7 +42,10 @@ class MoASettings(FanOutSettings):
 
     max_tool_iterations: Optional[int] = Field(default=None, ge=0)
     aggregate_prompt: Optional[str] = Field(
-        default=None, description="replaces AGGREGATE_PROMPT; must contain {responses}"
+        default=None,
+        description="replaces AGGREGATE_REQUEST (sent as the last user message, the responses framed in place of "
+                    "{responses}) and AGGREGATE_PROMPT (only the framing rule stays in the system message); "
+                    "must contain {responses}",
     )
 
     @model_validator(mode="after")
@@ -79,11 +88,22 @@ class MoATopology(StrictModel):
         return self.layers or [self.proposers]
 
 
-def format_responses(answers: StageResult | list[Any]) -> str:
-    """The previous layer's answers as labelled blocks, in member order, failures already left out."""
+def format_responses(answers: StageResult | list[Any], framing: Framing) -> str:
+    """The previous layer's answers as framed, labelled blocks, in member order, failures already left out."""
     texts = [a.text for a in (answers.answers if isinstance(answers, StageResult) else answers)]
-    return "\n\n".join(RESPONSE_BLOCK.format(label=label, text=text.strip())
-                       for label, text in zip(response_labels(len(texts)), texts))
+    return framing.blocks(list(zip(response_labels(len(texts)), texts)))
+
+
+def aggregate_messages(messages: list[Any], answers: StageResult | list[Any], custom: Optional[str] = None
+                       ) -> list[dict[str, Any]]:
+    """What the next layer or the aggregator reads: our instructions and the framing rule in the system
+    message, the answers framed in a last user message (`custom` replaces both prompts)."""
+    texts = [a.text for a in (answers.answers if isinstance(answers, StageResult) else answers)]
+    framing = Framing.for_texts(texts)
+    blocks = format_responses(answers, framing)
+    if custom is not None:
+        return framed_messages(messages, "", framing, custom.replace("{responses}", blocks))
+    return framed_messages(messages, AGGREGATE_PROMPT, framing, AGGREGATE_REQUEST.format(responses=blocks))
 
 
 class MoAStrategy:
@@ -108,7 +128,6 @@ class MoAStrategy:
 
     async def prepare(self, ctx: RunContext, topology: MoATopology, messages: list[Any]) -> FinalCall:
         settings = topology.settings
-        template = settings.aggregate_prompt or AGGREGATE_PROMPT
         layer_messages = messages
         layers = topology.all_layers
         # Plan every node up front: a missing env var or bad bundle fails before any call is made.
@@ -117,5 +136,5 @@ class MoAStrategy:
         for index, calls in enumerate(planned):
             outcome = await ctx.fan_out([(call, layer_messages) for call in calls], settings=settings,
                                         stage=f"layer {index + 1}")
-            layer_messages = with_system_prompt(messages, template.replace("{responses}", format_responses(outcome)))
+            layer_messages = aggregate_messages(messages, outcome, settings.aggregate_prompt)
         return FinalCall(candidates=candidates, messages=layer_messages, settings=settings)

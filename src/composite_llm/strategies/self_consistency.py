@@ -6,7 +6,8 @@ full text of the earliest sample that gave it, verbatim. Ties go to the answer g
 judge, `tie_break: judge`). Adaptive compute samples in waves and stops once the leading answer holds
 `stop_share` of the samples so far (after `min_samples`), or once no remaining sample could change the
 winner. Universal self-consistency: with `extract: free`, or when no sample has an extractable
-answer, a judge model reads the anonymized, shuffled samples and picks the most consistent one.
+answer, a judge model reads the anonymized, shuffled samples (framed as untrusted text, `framing.py`)
+and picks the most consistent one.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from ..engine import MemberResult, PlannedCall, RunContext
 from ..schema import NodeConfig, SampledNodes, StrictModel, check_quorum
 from .answers import ExtractionSettings, Tally, make_extractor, parse_picked_label, render_tally, tally
 from .base import FinalText, final_candidates, split_settings
+from .framing import Framing
 from .judging import anonymous_blocks, answer_nodes, ask_judge, judge_messages, require_answers, shuffle_rng
 
 JUDGE_SYSTEM_PROMPT = """\
-You are a careful judge. Several responses were sampled for the most recent user message of this
-conversation. You will select one of them; do not answer the question yourself."""
+You are a careful judge. Several responses were sampled for the user's latest request; they are in the
+last user message, which this system added. You will select one of them; do not answer the request
+yourself."""
 
 JUDGE_REQUEST = """\
-Here are the sampled responses, each under an anonymous label:
+Here are the sampled responses, each framed under an anonymous label:
 
 {responses}
 
@@ -204,10 +207,14 @@ class SelfConsistencyStrategy:
     async def _judge(self, ctx: RunContext, judge: list[PlannedCall], messages: list[Any],
                      answers: list[MemberResult], numbers: list[str], pool: list[int],
                      s: SelfConsistencySettings, why: str) -> tuple[int, str]:
-        block, labels, order = anonymous_blocks([answers[i].text for i in pool], shuffle_rng(ctx, s.shuffle_seed))
-        request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, JUDGE_REQUEST.format(responses=block))
+        shown = [answers[i].text for i in pool]
+        framing = Framing.for_texts(shown)
+        block, labels, order = anonymous_blocks(shown, shuffle_rng(ctx, s.shuffle_seed), framing)
+        request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, framing, JUDGE_REQUEST.format(responses=block))
         result = await ask_judge(ctx, judge, request, s)
-        picked, how = parse_picked_label(result.text, labels) if result is not None else (None, "judge failed")
+        picked, how = (parse_picked_label(result.text, labels, quoted_from=shown,
+                                          truncated=result.finish_reason == "length")
+                       if result is not None else (None, "judge failed"))
         ctx.trace.details["judge"] = {
             "reason": why,
             "shown": {label: numbers[pool[i]] for label, i in zip(labels, order)},
