@@ -134,8 +134,9 @@ def resolve_env_refs(value: Any, where: str) -> Any:
     if isinstance(value, str) and value.startswith(ENV_REF_PREFIX):
         name = value[len(ENV_REF_PREFIX):]
         resolved = os.environ.get(name)
-        if resolved is None:
-            raise CompositeConfigError(f"environment variable {name} is not set (needed by {where})")
+        if not resolved:  # `NAME=` in a .env file is as unset as no line at all
+            empty = "" if resolved is None else " (it is empty)"
+            raise CompositeConfigError(f"environment variable {name} is not set{empty} (needed by {where})")
         return resolved
     if isinstance(value, dict):
         return {k: resolve_env_refs(v, where) for k, v in value.items()}
