@@ -245,7 +245,8 @@ def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -
         more = len(problems) - len(shown)
         tail = f"\n  ... and {more} more problem(s)" if more > 0 else ""
         raise ProfileFileError(_capped(f"invalid composite profiles in {origin}:\n  - " + "\n  - ".join(shown) + tail),
-                               declared=frozenset(str(name) for name in profiles_raw))
+                               declared=frozenset(str(name) for name in data["profiles"])
+                               if isinstance(data.get("profiles"), dict) else None)
     return source
 
 
