@@ -161,7 +161,7 @@ def build_request(
                                    f"{type(inline['settings']).__name__}")
     shared = {k: params.pop(k) for k in list(params) if k in MEMBER_PARAMS}
     final = {k: params.pop(k) for k in list(params) if k in FINAL_PARAMS}
-    for key in TRANSPORT_PARAMS:
+    for key in (*TRANSPORT_PARAMS, *REFUSED_WHEN_SET):  # the refused ones are off here (checked above)
         params.pop(key, None)
     if params:
         accepted = sorted(strategy.inline_keys | MEMBER_PARAMS | FINAL_PARAMS)
