@@ -78,6 +78,12 @@ class ProfileFileError(CompositeConfigError):
         return self.declared is None or name in self.declared
 
 
+def _summary(exc: BaseException) -> str:
+    """The first problem of a load error, on one line (for trace notes and log lines)."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    return " ".join(lines[:2])[:300] or type(exc).__name__
+
+
 def _capped(message: str, limit: int = MAX_ERROR_CHARS) -> str:
     return message if len(message) <= limit else message[: limit - 40] + f"\n  ... ({len(message):,} characters, cut)"
 
@@ -329,9 +335,8 @@ class _FileCache:
         except ProfileFileError as exc:
             if last_good is None:
                 return _CacheEntry(key, error=exc)
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             warning = (f"profile file {path} became invalid at {time.strftime('%H:%M:%S')}; serving its last good "
-                       f"version until it is fixed ({first_line})")
+                       f"version until it is fixed ({_summary(exc)})")
             logger.warning("composite_llm: %s\n%s", warning, exc)
             return _CacheEntry(key, source=_stale_copy(last_good, warning), error=exc, last_good=last_good)
 
@@ -366,10 +371,11 @@ def load_profiles(source: ProfileSource) -> LoadedSource:
     return _load_path(Path(source).expanduser())
 
 
-def _proxy_block() -> tuple[Optional[dict[str, Any]], Optional[Path]]:
+def _proxy_block() -> tuple[Any, Optional[Path]]:
     """The proxy's `general_settings.composite_llm` block, if running inside the LiteLLM proxy.
 
     Read at request time and only when the proxy module is already imported (importing it costs ~5 s).
+    A config file that does not parse gives its ProfileFileError in place of the block.
     The block is taken from the config file itself when it can be read: LiteLLM resolves `os.environ/`
     references in general_settings at startup and turns a missing variable into None, which would lose
     the clear "variable X is not set" error; our own resolution happens at call time instead.
@@ -380,7 +386,10 @@ def _proxy_block() -> tuple[Optional[dict[str, Any]], Optional[Path]]:
     config_path = getattr(proxy, "user_config_file_path", None)
     base_dir = Path(config_path).parent if config_path else None
     if config_path and Path(config_path).is_file():
-        raw = _raw_config_block(Path(config_path))
+        try:
+            raw = _raw_config_block(Path(config_path))
+        except ProfileFileError as exc:  # the config file does not parse (cached per version): the caller decides
+            return exc, base_dir
         if raw is not None:
             return raw, base_dir
     settings = getattr(proxy, "general_settings", None) or {}
@@ -439,7 +448,7 @@ class ProfileRegistry:
         self._explicit: Optional[ProfileSource] = None
         self._explicit_dict: Optional[LoadedSource] = None
         self._proxy_cache: Optional[tuple[Any, Union[LoadedSource, ProfileFileError]]] = None
-        self._proxy_last_good: Optional[LoadedSource] = None
+        self._proxy_last_good: dict[Optional[Path], LoadedSource] = {}  # per proxy config location
         self._lock = threading.Lock()
 
     def set_explicit(self, source: Optional[ProfileSource]) -> None:
@@ -460,12 +469,9 @@ class ProfileRegistry:
         for part in (env.split(os.pathsep) if env else []):
             if part.strip():
                 loaders.append(lambda part=part: _load_path(Path(part.strip()).expanduser(), label=f"${PROFILES_ENV}"))
-        try:
-            block, base_dir = _proxy_block()
-        except ProfileFileError as exc:  # the config file itself does not parse (cached per version)
-            block, base_dir = exc, None
+        block, base_dir = _proxy_block()
         if isinstance(block, ProfileFileError):
-            loaders.append(lambda: self._proxy_fallback(block))
+            loaders.append(lambda: self._proxy_fallback(block, base_dir))
         elif block is not None:
             loaders.append(lambda: self._proxy_source(block, base_dir))
         local = Path.cwd() / DEFAULT_PROFILE_DIR
@@ -483,7 +489,7 @@ class ProfileRegistry:
         cached = self._proxy_cache
         if cached is not None and cached[0] == block:
             if isinstance(cached[1], ProfileFileError):
-                return self._proxy_fallback(cached[1])  # the same invalid block: not validated again
+                return self._proxy_fallback(cached[1], base_dir)  # the same invalid block: not validated again
             if not cached[1].settings.profiles_path:
                 return cached[1]
         try:
@@ -493,19 +499,20 @@ class ProfileRegistry:
             if isinstance(block, dict) and isinstance(block.get("profiles"), dict) and error.declared is None:
                 error.declared = frozenset(str(name) for name in block["profiles"])
             self._proxy_cache = (_snapshot(block), error)
-            return self._proxy_fallback(error)
+            return self._proxy_fallback(error, base_dir)
         self._proxy_cache = (_snapshot(block), source)
-        self._proxy_last_good = source
+        self._proxy_last_good[base_dir] = source
         return source
 
-    def _proxy_fallback(self, error: ProfileFileError) -> LoadedSource:
-        """The last good proxy block, marked stale, or the error when there never was one."""
-        if self._proxy_last_good is None:
+    def _proxy_fallback(self, error: ProfileFileError, base_dir: Optional[Path]) -> LoadedSource:
+        """The last good proxy block of this config, marked stale, or the error when there never was one."""
+        last_good = self._proxy_last_good.get(base_dir)
+        if last_good is None:
             raise error
-        first_line = str(error).splitlines()[0]
-        warning = f"the proxy's composite_llm block became invalid; serving its last good version ({first_line})"
+        warning = (f"the proxy's composite_llm block became invalid; serving its last good version until it is "
+                   f"fixed ({_summary(error)})")
         logger.warning("composite_llm: %s", warning)
-        return _stale_copy(self._proxy_last_good, warning)
+        return _stale_copy(last_good, warning)
 
     def snapshot(self) -> "ProfileSnapshot":
         """All sources as of now: one scan per request, however many lookups it makes."""

@@ -8,7 +8,7 @@ as a proxy pre-call hook, which the proxy awaits before routing. Enable it in th
     litellm_settings:
       callbacks: ["composite_llm.proxy_guard.REQUEST_GUARD"]
 
-It checks only the shape every chat model needs (a list of message objects with a string role), for every
+It checks only the shape LiteLLM itself needs to read the request (a list of message objects), for every
 model the proxy serves; the content of a valid request is left to the model (and to composite-llm's own
 checks for composite models).
 """
@@ -24,19 +24,18 @@ CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 
 
 def message_shape_problem(messages: Any) -> Optional[str]:
-    """What is wrong with the shape of `messages`, or None when it is a list of role-bearing objects."""
+    """What is wrong with the shape of `messages`, or None when it is a list of objects."""
     if not isinstance(messages, list):
         return f"messages must be a list of chat message objects, got {type(messages).__name__}"
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             return f"messages[{index}] must be a chat message object, got {type(message).__name__}"
-        if not isinstance(message.get("role"), str):
-            return f"messages[{index}] has no role"
     return None
 
 
 class RequestGuard(CustomLogger):
     """Refuses chat requests whose `messages` is not a list of message objects, with a short 400."""
+
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict,
                                   call_type: Any) -> Optional[dict]:
