@@ -340,3 +340,22 @@ def test_file_invalid_from_the_start_is_an_error_not_a_silent_empty_source(tmp_p
         with pytest.raises(litellm.BadRequestError):
             litellm.completion(model="composite/profile/big", messages=user("q"))
     assert time.process_time() - started < 20  # generous bound; the parse count is asserted above
+
+
+def test_proxy_block_that_becomes_invalid_keeps_its_last_good_version(server, tmp_path, monkeypatch):
+    from test_proxy import _install_proxy_block
+
+    good = {"profiles": {"hot": {"strategy": "moa", "topology": {
+        "aggregator": {"model": "openai/agg", "params": {"api_base": server.base_url, "api_key": API_KEY}},
+        "proposers": [{"model": "openai/p1", "params": {"api_base": server.base_url, "api_key": API_KEY}}]}}}}
+    _script(server)
+    _install_proxy_block(monkeypatch, good, tmp_path)
+    assert litellm.completion(model="composite/profile/hot", messages=user("q")).choices[0].message.content \
+        == "agg says four"
+    broken = json.loads(json.dumps(good))
+    broken["profiles"]["hot"]["topology"]["settings"] = {"quorum": 0}  # a hot edit with a mistake
+    _install_proxy_block(monkeypatch, broken, tmp_path)
+    response = litellm.completion(model="composite/profile/hot", messages=user("q"))
+    assert response.choices[0].message.content == "agg says four"
+    notes = response.choices[0].message.provider_specific_fields["composite"]["notes"]
+    assert any("block became invalid" in note and "settings.quorum" in note for note in notes)
