@@ -12,6 +12,7 @@ redirect sub-calls (api_base/api_key) unless the operator set `allow_request_ove
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import uuid
@@ -27,6 +28,8 @@ from .profiles import DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, Loade
 from .schema import ProviderBundle
 from .strategies import get_strategy
 from .trace import Trace
+
+logger = logging.getLogger("composite_llm")
 
 # Sampling parameters: every sub-call gets them unless its node sets its own.
 MEMBER_PARAMS = frozenset({
@@ -149,6 +152,7 @@ def build_request(
         except UnknownProfileError as exc:
             if client_keys is None:
                 raise
+            logger.warning("composite_llm: %s", exc)  # the operator's view: every profile and source searched
             raise CompositeConfigError(exc.for_proxy_client(_proxy_callable_names(exc.known))) from None
         strategy, providers = profile.strategy, profile.providers
     else:
