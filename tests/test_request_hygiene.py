@@ -359,3 +359,21 @@ def test_proxy_block_that_becomes_invalid_keeps_its_last_good_version(server, tm
     assert response.choices[0].message.content == "agg says four"
     notes = response.choices[0].message.provider_specific_fields["composite"]["notes"]
     assert any("block became invalid" in note and "settings.quorum" in note for note in notes)
+
+
+def test_nested_composite_whose_members_all_refuse_is_a_failed_member_not_a_config_error(server, explicit_profiles):
+    """An inner composite answering 400 because its upstreams refused the request is one failed proposer of
+    the outer MoA (which answers from its others), not a configuration error of the whole request."""
+    bundle = {"api_base": server.base_url, "api_key": API_KEY}
+    explicit_profiles({"profiles": {
+        "inner": {"strategy": "moa", "topology": {"aggregator": {"model": "openai/agg", "params": bundle},
+                                                  "proposers": [{"model": "openai/r1", "params": bundle}]}},
+        "outer": {"strategy": "moa", "topology": {"aggregator": {"model": "openai/agg", "params": bundle},
+                                                  "proposers": [{"model": "openai/p1", "params": bundle},
+                                                                "composite/profile/inner"]}}}})
+    _script(server)
+    server.set_model("r1", fail_status=400, fail_message="prompt too long for r1")
+    response = litellm.completion(model="composite/profile/outer", messages=user("q"))
+    assert response.choices[0].message.content == "agg says four"
+    trace = response.choices[0].message.provider_specific_fields["composite"]
+    assert any("inner" in name for name in trace["failed_members"])

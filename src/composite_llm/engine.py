@@ -333,7 +333,8 @@ class RunContext:
                 except CompositeConfigError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every provider failure becomes a trace entry
-                    if call.node.is_composite and isinstance(exc, litellm.BadRequestError):
+                    if call.node.is_composite and isinstance(exc, litellm.BadRequestError) \
+                            and not errors.is_refused_upstream(exc):
                         # A nested composite answers 400 only for a configuration problem (cycle, depth, missing
                         # variable, bad parameters): the request is misconfigured, not degraded.
                         reason = re.sub(r"^litellm\.\w+: ", "", str(exc))
@@ -438,7 +439,7 @@ class RunContext:
         if failures and all(code == 400 for code in codes):
             # Every member refused the request itself (bad parameter, context too long): the client's
             # request is wrong, and a retry or another deployment would fail the same way.
-            return errors.bad_request(message, self.trace.model)
+            return errors.refused_upstream(message, self.trace.model)
         if failures and all(code == 429 for code in codes):
             # A client may retry a 429 only when nothing in this request was paid for (no sub-call answered).
             paid = any(r.status == "ok" for r in self.trace.records)

@@ -31,6 +31,18 @@ def bad_request(message: str, model: str = "") -> litellm.BadRequestError:
     return litellm.BadRequestError(message=message, model=model, llm_provider=PROVIDER)
 
 
+def refused_upstream(message: str, model: str = "") -> litellm.BadRequestError:
+    """A 400 because every member's upstream refused the request (not a configuration error: a composite
+    nesting this one records it as a failed member and goes on with its others)."""
+    exc = bad_request(message, model)
+    exc.composite_refused_upstream = True  # type: ignore[attr-defined]
+    return exc
+
+
+def is_refused_upstream(exc: BaseException) -> bool:
+    return bool(getattr(exc, "composite_refused_upstream", False))
+
+
 def rate_limited(message: str, model: str = "", *, client_may_retry: bool = False,
                  retry_after: Optional[float] = None) -> litellm.RateLimitError:
     """A 429. `client_may_retry`: nothing was paid in this request, so a client retry (after `retry_after`
