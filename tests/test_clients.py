@@ -44,7 +44,8 @@ def _client_config(fake_base_url: str) -> dict:
         "priced": moa(_node("agg", FINAL_PRICE), [_node("p1", PROPOSER_PRICE)]),
         "plain": moa(_node("agg"), [_node("p1")]),
         "internal_only": moa(_node("agg"), [_node("p1")]),  # defined, but no deployment exposes it
-        "needs_empty_key": moa({"model": "openai/agg", "provider": "empty"}, [{"model": "openai/p1", "provider": "empty"}]),
+        "needs_empty_key": moa({"model": "openai/agg", "provider": "empty"},
+                               [{"model": "openai/p1", "provider": "empty"}]),
     })
     for name in ("priced", "plain", "needs_empty_key"):
         config["model_list"].append({"model_name": name,
@@ -182,7 +183,8 @@ def test_node_price_never_changes_other_models_cost_through_the_proxy(client, se
 
 
 # --------------------------------------------------------------------------- 13.6 bad input, error hygiene
-@pytest.mark.parametrize("messages", ["hi", None, [1, 2], {"role": "user"}], ids=["string", "null", "numbers", "object"])
+@pytest.mark.parametrize("messages", ["hi", None, [1, 2], {"role": "user"}],
+                         ids=["string", "null", "numbers", "object"])
 @pytest.mark.parametrize("model", ["moa_test", "base_agg"])
 def test_malformed_messages_get_a_short_400(proxy, server, messages, model):
     response = proxy.chat({"model": model, "messages": messages})

@@ -36,7 +36,10 @@ def _script(server, **extra):
 # --------------------------------------------------------------------------- 13.1 prices stay on their node
 def _pricing_profiles(base_url: str) -> dict:
     bundle = {"fake": {"litellm_params": {"api_base": base_url, "api_key": API_KEY}}}
-    node = lambda model, price=None: {"model": model, "provider": "fake", **({"params": price} if price else {})}  # noqa: E731
+
+    def node(model, price=None):
+        return {"model": model, "provider": "fake", **({"params": price} if price else {})}
+
     return {"providers": bundle, "profiles": {
         "priced": {"strategy": "moa", "topology": {"aggregator": node("openai/agg", PRICE),
                                                     "proposers": [node("openai/p1", PRICE)]}},

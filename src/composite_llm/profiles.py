@@ -283,6 +283,8 @@ def _merge(target: LoadedSource, other: LoadedSource) -> None:
                                        f"and {profile.origin}")
         target.profiles[name] = profile
     target.broken.extend(other.broken)
+    if other.settings.max_input_bytes is not None and target.settings.max_input_bytes is None:
+        target.settings.max_input_bytes = other.settings.max_input_bytes
     if other.settings.trace_log and not target.settings.trace_log:
         target.settings.trace_log = other.settings.trace_log
 

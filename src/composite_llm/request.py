@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from .errors import CompositeConfigError
 from .messages import validate_messages
 from .model_string import ModelTarget, parse_model_string
-from .profiles import DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError, _pydantic_problems
+from .profiles import (DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError,
+                       _pydantic_problems)
 from .schema import ProviderBundle
 from .strategies import get_strategy
 from .trace import Trace
