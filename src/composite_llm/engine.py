@@ -267,7 +267,7 @@ class RunContext:
     def _describe_error(self, call: PlannedCall, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         text = text.replace("litellm.", "").strip()
-        return redact(preview(text, 300), call.secrets | self._request_secrets())
+        return preview(redact(text, call.secrets | self._request_secrets()), 300)  # redact, then cut: no half keys
 
     def _request_secrets(self) -> set[str]:
         return secret_values_in(self.defaults)
