@@ -25,7 +25,7 @@ from .errors import CompositeConfigError
 from .redact import redact, secret_values_in
 from .schema import ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
 from .trace import SubCallRecord, Trace, preview
-from .usage import UsageTotals, response_cost
+from .usage import PRICE_KEYS, UNSUPPORTED_PRICE_KEYS, UsageTotals, priced_cost, response_cost
 
 DEFAULT_MEMBER_TIMEOUT_S = 600.0
 MAX_COMPOSITE_DEPTH = 4
@@ -79,6 +79,7 @@ class PlannedCall:
     model: str
     params: dict[str, Any]
     secrets: set[str] = field(default_factory=set)
+    price: dict[str, float] = field(default_factory=dict)  # the node's own per-token price, if any
 
     @property
     def label(self) -> str:
@@ -134,8 +135,9 @@ def resolve_env_refs(value: Any, where: str) -> Any:
     if isinstance(value, str) and value.startswith(ENV_REF_PREFIX):
         name = value[len(ENV_REF_PREFIX):]
         resolved = os.environ.get(name)
-        if resolved is None:
-            raise CompositeConfigError(f"environment variable {name} is not set (needed by {where})")
+        if not resolved:  # `NAME=` in a .env file is as unset as no line at all
+            empty = "" if resolved is None else " (it is empty)"
+            raise CompositeConfigError(f"environment variable {name} is not set{empty} (needed by {where})")
         return resolved
     if isinstance(value, dict):
         return {k: resolve_env_refs(v, where) for k, v in value.items()}
@@ -173,6 +175,7 @@ class RunContext:
         self.progress = progress
         self.where = where or trace.model
         self.rng = random.Random(trace.request_id)
+        trace.secrets |= secret_values_in(self.defaults)  # previews and progress lines are redacted with them
 
     # ------------------------------------------------------------------ planning
     def plan(self, node: NodeConfig, *, role: str, stage: str) -> PlannedCall:
@@ -189,6 +192,14 @@ class RunContext:
         for key, value in self.defaults.items():
             params.setdefault(key, value)
         params.pop("model", None)
+        price = {key: params.pop(key) for key in PRICE_KEYS if params.get(key) is not None}
+        unsupported = [key for key in UNSUPPORTED_PRICE_KEYS if key in params]
+        if unsupported:
+            raise CompositeConfigError(f"{', '.join(unsupported)} in {where}: per-second prices are not supported on "
+                                       "composite nodes; use input_cost_per_token / output_cost_per_token")
+        for key, value in price.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise CompositeConfigError(f"{key}={value!r} in {where}: a price must be a number >= 0")
         if node.is_composite:
             if self.depth + 1 > MAX_COMPOSITE_DEPTH:
                 raise CompositeConfigError(
@@ -197,8 +208,10 @@ class RunContext:
             if node.model in self.stack:
                 chain = " -> ".join([*self.stack, node.model])
                 raise CompositeConfigError(f"composite cycle: {chain}")
-        return PlannedCall(node=node, role=role, stage=stage, model=node.model, params=params,
-                           secrets=secret_values_in(params))
+        secrets = secret_values_in(params)
+        self.trace.secrets |= secrets
+        return PlannedCall(node=node, role=role, stage=stage, model=node.model, params=params, secrets=secrets,
+                           price=price)
 
     def plan_all(self, nodes: Iterable[NodeConfig], *, role: str, stage: str) -> list[PlannedCall]:
         return [self.plan(node, role=role, stage=stage) for node in nodes]
@@ -254,7 +267,7 @@ class RunContext:
     def _describe_error(self, call: PlannedCall, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         text = text.replace("litellm.", "").strip()
-        return redact(preview(text, 300), call.secrets | self._request_secrets())
+        return preview(redact(text, call.secrets | self._request_secrets()), 300)  # redact, then cut: no half keys
 
     def _request_secrets(self) -> set[str]:
         return secret_values_in(self.defaults)
@@ -276,16 +289,22 @@ class RunContext:
                              started_s=time.monotonic() - self.trace.started)
 
     @staticmethod
-    def _retry_delay(exc: BaseException, attempt: int) -> float:
+    def _retry_after(exc: BaseException) -> Optional[float]:
+        """The upstream's Retry-After in seconds, if it sent one."""
         # LiteLLM keeps the upstream's headers in `litellm_response_headers` (its `response.headers` is empty).
         headers = (getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
                    or getattr(getattr(exc, "response", None), "headers", None) or {})
         try:
             retry_after = headers.get("retry-after") or headers.get("Retry-After")
-            if retry_after is not None:
-                return min(float(retry_after), _MAX_BACKOFF_S)
+            return float(retry_after) if retry_after is not None else None
         except (TypeError, ValueError, AttributeError):
-            pass
+            return None
+
+    @classmethod
+    def _retry_delay(cls, exc: BaseException, attempt: int) -> float:
+        retry_after = cls._retry_after(exc)
+        if retry_after is not None:
+            return min(retry_after, _MAX_BACKOFF_S)
         return min(0.25 * (2 ** (attempt - 1)), _MAX_BACKOFF_S)
 
     # ------------------------------------------------------------------ one call
@@ -314,7 +333,8 @@ class RunContext:
                 except CompositeConfigError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - every provider failure becomes a trace entry
-                    if call.node.is_composite and isinstance(exc, litellm.BadRequestError):
+                    if call.node.is_composite and isinstance(exc, litellm.BadRequestError) \
+                            and not errors.is_refused_upstream(exc):
                         # A nested composite answers 400 only for a configuration problem (cycle, depth, missing
                         # variable, bad parameters): the request is misconfigured, not degraded.
                         reason = re.sub(r"^litellm\.\w+: ", "", str(exc))
@@ -333,6 +353,8 @@ class RunContext:
                     record.error_type = type(exc).__name__
                     record.error = self._describe_error(call, exc)
                     record.extra["status_code"] = errors.status_code_of(exc)
+                    if record.extra["status_code"] == 429 and self._retry_after(exc) is not None:
+                        record.extra["retry_after"] = self._retry_after(exc)
                     break
         except asyncio.CancelledError:
             record.status = "dropped"
@@ -350,8 +372,8 @@ class RunContext:
         text = (getattr(message, "content", None) or "") if message is not None else ""
         tool_calls = getattr(message, "tool_calls", None) if message is not None else None
         record.usage = UsageTotals.from_usage(getattr(response, "usage", None))
-        record.cost = response_cost(response)
-        record.preview = preview(text)
+        record.cost = priced_cost(record.usage, result.call.price) if result.call.price else response_cost(response)
+        record.preview = preview(self.trace.redact(text))  # redacted whole, then cut (never half a key)
         result.text, result.message, result.response = text, message, response
         result.finish_reason = getattr(choice, "finish_reason", None)
         if not text.strip() and not tool_calls and not final:
@@ -414,8 +436,16 @@ class RunContext:
         message = (f"{self.where}: {outcome.stage}: only {len(outcome.answers)} of {len(outcome.results)} "
                    f"members answered (quorum {needed}). {summary}")
         codes = [r.extra.get("status_code") for r in failures]
+        if failures and all(code == 400 for code in codes):
+            # Every member refused the request itself (bad parameter, context too long): the client's
+            # request is wrong, and a retry or another deployment would fail the same way.
+            return errors.refused_upstream(message, self.trace.model)
         if failures and all(code == 429 for code in codes):
-            return errors.rate_limited(message, self.trace.model)
+            # A client may retry a 429 only when nothing in this request was paid for (no sub-call answered).
+            paid = any(r.status == "ok" for r in self.trace.records)
+            waits = [r.extra["retry_after"] for r in failures if r.extra.get("retry_after") is not None]
+            return errors.rate_limited(message, self.trace.model, client_may_retry=not paid,
+                                       retry_after=max(waits) if waits else None)
         if failures and all(r.error_type == "Timeout" or r.status == "dropped" for r in failures):
             return errors.timed_out(message, self.trace.model)
         return errors.unavailable(message, self.trace.model)
@@ -471,8 +501,8 @@ class RunContext:
                             text_parts.append(piece.content)
                         sent_any = True
                         yield piece
-                record.usage, record.cost = _stream_accounting(chunks, messages)
-                record.preview = preview("".join(text_parts))
+                record.usage, record.cost = _stream_accounting(chunks, messages, call.price)
+                record.preview = preview(self.trace.redact("".join(text_parts)))
                 record.latency_s = time.monotonic() - started
                 self.trace.add(record)
                 return
@@ -493,7 +523,7 @@ class RunContext:
                 record.error_type, record.error = type(exc).__name__, self._describe_error(call, exc)
                 record.extra["status_code"] = errors.status_code_of(exc)
                 if chunks:
-                    record.usage, record.cost = _stream_accounting(chunks, messages)
+                    record.usage, record.cost = _stream_accounting(chunks, messages, call.price)
                 self.add_record(record)
                 failures.append(MemberResult(call=call, record=record))
                 if sent_any:
@@ -533,8 +563,13 @@ def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
     return StreamPiece(content=content, reasoning=reasoning, tool_calls=tool_calls or None, finish_reason=finish)
 
 
-def _stream_accounting(chunks: list[Any], messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:
-    """Usage and cost of a streamed sub-call, from the provider's usage chunk (or LiteLLM's rebuild)."""
+def _stream_accounting(chunks: list[Any], messages: list[Any],
+                       price: Optional[dict[str, float]] = None) -> tuple[UsageTotals, Optional[float]]:
+    """Usage and cost of a streamed sub-call, from the provider's usage chunk (or LiteLLM's rebuild); a
+    node's own price, when it has one, is applied to that usage."""
+    if price:
+        usage, _cost = _stream_accounting(chunks, messages)
+        return usage, priced_cost(usage, price)
     for chunk in reversed(chunks):
         usage = getattr(chunk, "usage", None)
         if usage is not None and getattr(usage, "prompt_tokens", None) is not None:

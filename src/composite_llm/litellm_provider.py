@@ -50,11 +50,14 @@ class CompositeProvider(CustomLLM):
                           logging_obj: Any, optional_params: dict, acompletion: Any = None,
                           litellm_params: Any = None, logger_fn: Any = None, headers: Any = None,
                           timeout: Any = None, client: Any = None) -> ModelResponse:
-        request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
         try:
-            result = await service.run(request)
-        except CompositeConfigError as exc:
-            raise _config_errors_as_bad_request(exc, model) from None
+            request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
+            try:
+                result = await service.run(request)
+            except CompositeConfigError as exc:
+                raise _config_errors_as_bad_request(exc, model) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised, marked for OpenAI-compatible clients
+            raise errors.for_client(exc)
         return fill_model_response(model_response, result, request.display_model)
 
     def completion(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
@@ -71,7 +74,10 @@ class CompositeProvider(CustomLLM):
                          logging_obj: Any, optional_params: dict, acompletion: Any = None,
                          litellm_params: Any = None, logger_fn: Any = None, headers: Any = None,
                          timeout: Any = None, client: Any = None) -> AsyncIterator[Chunk]:
-        request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
+        try:
+            request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
+        except Exception as exc:  # noqa: BLE001
+            raise errors.for_client(exc)
         chunker = StreamChunker(request.display_model, request.request_id)
         try:
             async with aclosing(service.stream(request)) as items:
@@ -87,7 +93,9 @@ class CompositeProvider(CustomLLM):
                     if chunk is not None:
                         yield chunk
         except CompositeConfigError as exc:
-            raise _config_errors_as_bad_request(exc, model) from None
+            raise errors.for_client(_config_errors_as_bad_request(exc, model)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise errors.for_client(exc)
 
     def streaming(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
                   model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# What a composite answer carries besides its content (the trace of the last turn: `reasoning_content`,
+# `provider_specific_fields`) and reasoning blocks of any model. Clients commonly append the whole
+# assistant message to the history (`messages.append(resp.choices[0].message)`), so these come back on
+# the next turn; forwarded, every member would pay for the previous trace and some providers reject the
+# keys. They are dropped from assistant messages before any sub-call; content and tool calls stay.
+ASSISTANT_TRACE_FIELDS = frozenset({"reasoning_content", "provider_specific_fields", "thinking_blocks"})
+
 
 def content_text(content: Any) -> str:
     """The text parts of a message content, joined; images and other parts are left out."""
@@ -74,10 +81,20 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant", "tool", "function"):
             raise ValueError(f"messages[{index}] has unknown role {role!r}")
+        if role == "assistant":
+            message = without_trace_fields(message)
         checked.append(message)
     if not any(m.get("role") == "user" for m in checked):
         raise ValueError("messages contain no user message: nothing to answer")
     return checked
+
+
+def without_trace_fields(message: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message as a model should see it again: no trace fields, no empty (None) extras
+    (a `model_dump()` adds `function_call: None`, `audio: None`, ...). `content` is kept even when None
+    (an assistant turn that only called tools). The caller's dict is not changed."""
+    return {k: v for k, v in message.items()
+            if k not in ASSISTANT_TRACE_FIELDS and (v is not None or k == "content")}
 
 
 def response_labels(count: int) -> list[str]:

@@ -18,10 +18,12 @@ field path. Files are parsed once and re-read only when they change. Sources are
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,50 @@ PROFILES_ENV = "COMPOSITE_LLM_PROFILES"
 DEFAULT_PROFILE_DIR = "profiles"
 YAML_SUFFIXES = (".yaml", ".yml")
 ProfileSource = Union[str, os.PathLike, dict]
+# A composite sends the whole conversation to every member: the default cap per request (about 1M tokens
+# of text, past every model's context; 0 disables it).
+DEFAULT_MAX_INPUT_BYTES = 4 * 1024 * 1024
+# Error bodies stay readable: a document with a thousand broken nodes lists the first problems only.
+MAX_LISTED_PROBLEMS = 20
+MAX_ERROR_CHARS = 4000
+
+
+class UnknownProfileError(CompositeConfigError):
+    """No source defines the profile. Keeps the pieces so the proxy can word it for its clients."""
+
+    def __init__(self, name: str, known: list[str], searched: str) -> None:
+        self.name, self.known, self.searched = name, known, searched
+        super().__init__(f"unknown profile {name!r}; known profiles: {', '.join(known) or 'none'} "
+                         f"(searched: {searched})")
+
+    def for_proxy_client(self, callable_names: Optional[list[str]]) -> str:
+        """The message for a proxy client: only model names it could call, no server paths."""
+        if callable_names is None:
+            return f"unknown profile {self.name!r} (the proxy's composite configuration does not define it)"
+        return (f"unknown profile {self.name!r}; composite models served here: "
+                f"{', '.join(callable_names) or 'none'}")
+
+
+class ProfileFileError(CompositeConfigError):
+    """A profile document that failed to load. `declared` holds the profile names it defines when its YAML
+    could be read (so only lookups of those names are affected), None when even that is unknown."""
+
+    def __init__(self, message: str, declared: Optional[frozenset[str]] = None) -> None:
+        super().__init__(message)
+        self.declared = declared
+
+    def may_define(self, name: str) -> bool:
+        return self.declared is None or name in self.declared
+
+
+def _summary(exc: BaseException) -> str:
+    """The first problem of a load error, on one line (for trace notes and log lines)."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    return " ".join(lines[:2])[:300] or type(exc).__name__
+
+
+def _capped(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 40] + f"\n  ... ({len(message):,} characters, cut)"
 
 
 class ProfileSpec(StrictModel):
@@ -72,6 +118,9 @@ class DocumentSettings(StrictModel):
     # The seed mapped strategy names to classes; strategies are registered in code here, so the block
     # is accepted for compatibility and checked to name known strategies only.
     strategy_registry: Optional[dict[str, str]] = None
+    # Cap on the conversation size of one composite request, in bytes of JSON (None: the default,
+    # DEFAULT_MAX_INPUT_BYTES; 0: no cap).
+    max_input_bytes: Optional[int] = Field(default=None, ge=0)
 
 
 @dataclass
@@ -84,6 +133,8 @@ class LoadedProfile:
     origin: str
     providers: dict[str, ProviderBundle]
     description: Optional[str] = None
+    # Set when the profile comes from the last good version of a file that has since become invalid.
+    stale: Optional[str] = None
 
 
 @dataclass
@@ -92,6 +143,14 @@ class LoadedSource:
     providers: dict[str, ProviderBundle] = field(default_factory=dict)
     profiles: dict[str, LoadedProfile] = field(default_factory=dict)
     settings: DocumentSettings = field(default_factory=DocumentSettings)
+    # Files of a folder that failed to load: the folder's other files still serve their profiles.
+    broken: list[ProfileFileError] = field(default_factory=list)
+
+
+def _stale_copy(source: LoadedSource, warning: str) -> LoadedSource:
+    """The last good version of a source, every profile marked with why it is stale."""
+    profiles = {name: dataclasses.replace(profile, stale=warning) for name, profile in source.profiles.items()}
+    return dataclasses.replace(source, profiles=profiles)
 
 
 # --------------------------------------------------------------------------- validation
@@ -188,7 +247,12 @@ def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -
         source.profiles[name] = LoadedProfile(name=name, strategy=strategy, topology=topology, origin=origin,
                                               providers=source.providers, description=spec.description)
     if problems:
-        raise CompositeConfigError(f"invalid composite profiles in {origin}:\n  - " + "\n  - ".join(problems))
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        tail = f"\n  ... and {more} more problem(s)" if more > 0 else ""
+        raise ProfileFileError(_capped(f"invalid composite profiles in {origin}:\n  - " + "\n  - ".join(shown) + tail),
+                               declared=frozenset(str(name) for name in data["profiles"])
+                               if isinstance(data.get("profiles"), dict) else None)
     return source
 
 
@@ -196,14 +260,14 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise CompositeConfigError(f"cannot read profile file {path}: {exc.strerror or exc}") from None
+        raise ProfileFileError(f"cannot read profile file {path}: {exc.strerror or exc}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise CompositeConfigError(f"invalid YAML in profile file {path}{where}: {problem}") from None
+        raise ProfileFileError(_capped(f"invalid YAML in profile file {path}{where}: {problem}")) from None
 
 
 def _merge(target: LoadedSource, other: LoadedSource) -> None:
@@ -218,32 +282,65 @@ def _merge(target: LoadedSource, other: LoadedSource) -> None:
             raise CompositeConfigError(f"profile {name!r} is defined twice: in {target.profiles[name].origin} "
                                        f"and {profile.origin}")
         target.profiles[name] = profile
+    target.broken.extend(other.broken)
+    if other.settings.max_input_bytes is not None and target.settings.max_input_bytes is None:
+        target.settings.max_input_bytes = other.settings.max_input_bytes
     if other.settings.trace_log and not target.settings.trace_log:
         target.settings.trace_log = other.settings.trace_log
 
 
 # --------------------------------------------------------------------------- loading with a cache
+@dataclass
+class _CacheEntry:
+    key: tuple[int, int]
+    source: Optional[LoadedSource] = None         # what this version serves (maybe the last good, stale)
+    error: Optional[ProfileFileError] = None      # this version's load error, when nothing good came before
+    last_good: Optional[LoadedSource] = None
+
+
 class _FileCache:
-    """Parsed documents keyed by path, re-parsed only when mtime or size changes."""
+    """Parsed documents keyed by path, re-parsed only when mtime or size changes.
+
+    Failures are cached like successes (an invalid file costs one parse per version, not one per request),
+    and a file that becomes invalid keeps serving its last good version, marked stale, until it is fixed:
+    an editor's truncate-then-write or a typo in a hot edit must not turn every request into a 400."""
 
     def __init__(self) -> None:
-        self._entries: dict[Path, tuple[tuple[int, int], LoadedSource]] = {}
+        self._entries: dict[Path, _CacheEntry] = {}
         self._lock = threading.Lock()
 
     def load(self, path: Path) -> LoadedSource:
         try:
             stat = path.stat()
         except OSError as exc:
-            raise CompositeConfigError(f"profile file {path} not found ({exc.strerror})") from None
+            raise ProfileFileError(f"profile file {path} not found ({exc.strerror})") from None
         key = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
             cached = self._entries.get(path)
-        if cached and cached[0] == key:
-            return cached[1]
-        source = parse_document(_read_yaml(path), str(path), base_dir=path.parent)
-        with self._lock:
-            self._entries[path] = (key, source)
-        return source
+        if cached is None or cached.key != key:
+            cached = self._parse(path, key, cached.last_good if cached else None)
+            with self._lock:
+                self._entries[path] = cached
+        if cached.source is None:
+            assert cached.error is not None
+            raise cached.error
+        return cached.source
+
+    @staticmethod
+    def _parse(path: Path, key: tuple[int, int], last_good: Optional[LoadedSource]) -> _CacheEntry:
+        try:
+            data = _read_yaml(path)
+            if data is None and last_good is not None and last_good.profiles:
+                raise ProfileFileError(f"profile file {path} is empty (being rewritten?)")
+            source = parse_document(data, str(path), base_dir=path.parent)
+            return _CacheEntry(key, source=source, last_good=source)
+        except ProfileFileError as exc:
+            if last_good is None:
+                return _CacheEntry(key, error=exc)
+            warning = (f"profile file {path} became invalid at {time.strftime('%H:%M:%S')}; serving its last good "
+                       f"version until it is fixed ({_summary(exc)})")
+            logger.warning("composite_llm: %s\n%s", warning, exc)
+            return _CacheEntry(key, source=_stale_copy(last_good, warning), error=exc, last_good=last_good)
 
 
 _files = _FileCache()
@@ -254,7 +351,11 @@ def _load_path(path: Path, *, label: Optional[str] = None) -> LoadedSource:
     if path.is_dir():
         merged = LoadedSource(origin=label or str(path))
         for child in sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file()):
-            part = _files.load(child)
+            try:
+                part = _files.load(child)
+            except ProfileFileError as exc:
+                merged.broken.append(exc)  # the folder's other files keep serving their profiles
+                continue
             _merge(merged, part)
         return merged
     if not path.exists():
@@ -272,10 +373,11 @@ def load_profiles(source: ProfileSource) -> LoadedSource:
     return _load_path(Path(source).expanduser())
 
 
-def _proxy_block() -> tuple[Optional[dict[str, Any]], Optional[Path]]:
+def _proxy_block() -> tuple[Any, Optional[Path]]:
     """The proxy's `general_settings.composite_llm` block, if running inside the LiteLLM proxy.
 
     Read at request time and only when the proxy module is already imported (importing it costs ~5 s).
+    A config file that does not parse gives its ProfileFileError in place of the block.
     The block is taken from the config file itself when it can be read: LiteLLM resolves `os.environ/`
     references in general_settings at startup and turns a missing variable into None, which would lose
     the clear "variable X is not set" error; our own resolution happens at call time instead.
@@ -286,7 +388,10 @@ def _proxy_block() -> tuple[Optional[dict[str, Any]], Optional[Path]]:
     config_path = getattr(proxy, "user_config_file_path", None)
     base_dir = Path(config_path).parent if config_path else None
     if config_path and Path(config_path).is_file():
-        raw = _raw_config_block(Path(config_path))
+        try:
+            raw = _raw_config_block(Path(config_path))
+        except ProfileFileError as exc:  # the config file does not parse (cached per version): the caller decides
+            return exc, base_dir
         if raw is not None:
             return raw, base_dir
     settings = getattr(proxy, "general_settings", None) or {}
@@ -299,7 +404,8 @@ _raw_configs: dict[Path, tuple[tuple[int, int], Any]] = {}
 
 
 def _raw_config_block(path: Path) -> Any:
-    """`general_settings.composite_llm` as written in the proxy config file (cached by mtime/size)."""
+    """`general_settings.composite_llm` as written in the proxy config file (cached by mtime/size, a YAML
+    error too)."""
     try:
         stat = path.stat()
     except OSError:
@@ -307,10 +413,15 @@ def _raw_config_block(path: Path) -> Any:
     key = (stat.st_mtime_ns, stat.st_size)
     cached = _raw_configs.get(path)
     if cached is None or cached[0] != key:
-        data = _read_yaml(path)
-        general = data.get("general_settings") if isinstance(data, dict) else None
-        block = general.get("composite_llm") if isinstance(general, dict) else None
+        try:
+            data = _read_yaml(path)
+            general = data.get("general_settings") if isinstance(data, dict) else None
+            block: Any = general.get("composite_llm") if isinstance(general, dict) else None
+        except ProfileFileError as exc:
+            block = exc
         _raw_configs[path] = cached = (key, block)
+    if isinstance(cached[1], ProfileFileError):
+        raise cached[1]
     return cached[1]
 
 
@@ -323,7 +434,12 @@ def load_proxy_block(block: Any, base_dir: Optional[Path] = None) -> LoadedSourc
         path = Path(os.path.expandvars(raw)).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        _merge(source, _load_path(path, label=f"{origin}.profiles_path"))
+        try:
+            part = _load_path(path, label=f"{origin}.profiles_path")
+        except ProfileFileError as exc:
+            source.broken.append(exc)  # the block's other files and inline profiles keep working
+            continue
+        _merge(source, part)
     return source
 
 
@@ -333,7 +449,8 @@ class ProfileRegistry:
     def __init__(self) -> None:
         self._explicit: Optional[ProfileSource] = None
         self._explicit_dict: Optional[LoadedSource] = None
-        self._proxy_cache: Optional[tuple[Any, LoadedSource]] = None
+        self._proxy_cache: Optional[tuple[Any, Union[LoadedSource, ProfileFileError]]] = None
+        self._proxy_last_good: dict[Optional[Path], LoadedSource] = {}  # per proxy config location
         self._lock = threading.Lock()
 
     def set_explicit(self, source: Optional[ProfileSource]) -> None:
@@ -355,7 +472,9 @@ class ProfileRegistry:
             if part.strip():
                 loaders.append(lambda part=part: _load_path(Path(part.strip()).expanduser(), label=f"${PROFILES_ENV}"))
         block, base_dir = _proxy_block()
-        if block is not None:
+        if isinstance(block, ProfileFileError):
+            loaders.append(lambda: self._proxy_fallback(block, base_dir))
+        elif block is not None:
             loaders.append(lambda: self._proxy_source(block, base_dir))
         local = Path.cwd() / DEFAULT_PROFILE_DIR
         if local.is_dir():
@@ -370,11 +489,32 @@ class ProfileRegistry:
 
     def _proxy_source(self, block: Any, base_dir: Optional[Path]) -> LoadedSource:
         cached = self._proxy_cache
-        if cached is not None and cached[0] == block and not cached[1].settings.profiles_path:
-            return cached[1]
-        source = load_proxy_block(block, base_dir)
+        if cached is not None and cached[0] == block:
+            if isinstance(cached[1], ProfileFileError):
+                return self._proxy_fallback(cached[1], base_dir)  # the same invalid block: not validated again
+            if not cached[1].settings.profiles_path:
+                return cached[1]
+        try:
+            source = load_proxy_block(block, base_dir)
+        except CompositeConfigError as exc:
+            error = exc if isinstance(exc, ProfileFileError) else ProfileFileError(_capped(str(exc)))
+            if isinstance(block, dict) and isinstance(block.get("profiles"), dict) and error.declared is None:
+                error.declared = frozenset(str(name) for name in block["profiles"])
+            self._proxy_cache = (_snapshot(block), error)
+            return self._proxy_fallback(error, base_dir)
         self._proxy_cache = (_snapshot(block), source)
+        self._proxy_last_good[base_dir] = source
         return source
+
+    def _proxy_fallback(self, error: ProfileFileError, base_dir: Optional[Path]) -> LoadedSource:
+        """The last good proxy block of this config, marked stale, or the error when there never was one."""
+        last_good = self._proxy_last_good.get(base_dir)
+        if last_good is None:
+            raise error
+        warning = (f"the proxy's composite_llm block became invalid; serving its last good version until it is "
+                   f"fixed ({_summary(error)})")
+        logger.warning("composite_llm: %s", warning)
+        return _stale_copy(last_good, warning)
 
     def snapshot(self) -> "ProfileSnapshot":
         """All sources as of now: one scan per request, however many lookups it makes."""
@@ -401,20 +541,22 @@ class ProfileSnapshot:
         broken: list[CompositeConfigError] = []
         for entry in self.entries:
             if isinstance(entry, CompositeConfigError):
-                broken.append(entry)  # it might define `name`: an error, not a silent fallthrough
-            elif name in entry.profiles:
+                # it might define `name`: an error, not a silent fallthrough (unless we know it does not)
+                if not isinstance(entry, ProfileFileError) or entry.may_define(name):
+                    broken.append(entry)
+                continue
+            if name in entry.profiles:
                 if broken:
                     break
                 return entry.profiles[name]
+            broken.extend(e for e in entry.broken if e.may_define(name))
         if broken:
-            raise CompositeConfigError("\n".join(str(e) for e in broken))
+            raise CompositeConfigError(_capped("\n".join(str(e) for e in broken)))
         where = ", ".join(s.origin for s in self.sources) or (
             f"no profile sources (pass profiles= to register_composite_provider, set ${PROFILES_ENV}, "
             f"or create ./{DEFAULT_PROFILE_DIR}/)"
         )
-        raise CompositeConfigError(
-            f"unknown profile {name!r}; known profiles: {', '.join(self.names()) or 'none'} (searched: {where})"
-        )
+        raise UnknownProfileError(name, self.names(), where)
 
     def names(self) -> list[str]:
         return sorted({n for s in self.sources for n in s.profiles})
@@ -429,6 +571,10 @@ class ProfileSnapshot:
                     setattr(merged, key, getattr(source.settings, key))
             if source.settings.allow_request_overrides:
                 merged.allow_request_overrides = True
+            if source.settings.max_input_bytes is not None:
+                merged.max_input_bytes = source.settings.max_input_bytes
+        if merged.max_input_bytes is None:
+            merged.max_input_bytes = DEFAULT_MAX_INPUT_BYTES
         return merged
 
 

@@ -5,6 +5,9 @@ Two nets: exact values we know are secret (api keys from provider bundles and re
 values of environment variables whose names look secret) and patterns that look like credentials
 wherever they come from (``sk-...``, ``Bearer ...``, ``api_key=...``, JWTs, Google/GitHub/AWS keys).
 Redaction applies to text that is reported, never to an answer.
+
+Known values are replaced only as whole tokens and only when at least `MIN_SECRET_CHARS` long: a short
+"key" such as README's `api_key="x"` must not turn `OpenAIException` into `OpenAIE[REDACTED]ception`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ __all__ = ["REDACTED", "Redactor", "is_secret_name", "redact", "redact_params", 
            "secret_values_in"]
 
 REDACTED = "[REDACTED]"
+# Values shorter than this are never redacted as known secrets (they would match ordinary words); real
+# API keys are far longer, and key-shaped tokens are still caught by the patterns below.
+MIN_SECRET_CHARS = 8
+# A known secret is replaced only where it is a whole token: not preceded or followed by a character
+# that could continue a key.
+_TOKEN_CHAR = r"A-Za-z0-9_\-"
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
 
@@ -51,7 +60,7 @@ def is_secret_name(name: str) -> bool:
 
 
 def secret_env_values(
-    names: Iterable[str] = (), environ: Mapping[str, str] | None = None, *, min_length: int = 6
+    names: Iterable[str] = (), environ: Mapping[str, str] | None = None, *, min_length: int = MIN_SECRET_CHARS
 ) -> set[str]:
     """Values to redact: the given variables plus every variable whose name looks secret."""
     env = os.environ if environ is None else environ
@@ -68,14 +77,15 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so that a secret containing another secret is removed whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        self._known = (re.compile(f"(?<![{_TOKEN_CHAR}])(?:" + "|".join(map(re.escape, self._secrets))
+                                  + f")(?![{_TOKEN_CHAR}])") if self._secrets else None)
 
     def __call__(self, text: str) -> str:
         if not text:
             return text
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+        if self._known is not None and any(secret in text for secret in self._secrets):
+            text = self._known.sub(REDACTED, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
         return text

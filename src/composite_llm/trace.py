@@ -1,7 +1,9 @@
 """One record per sub-call, rendered two ways: readable text for `reasoning_content` and a dict.
 
 The trace is what a user reads to understand a composite answer: which member said what, how long it
-took, what it cost, who failed and why (redacted). Member answers appear only as short previews.
+took, what it cost, who failed and why. Member answers appear only as short previews. Everything the trace
+renders (text, dict, progress lines) is redacted like errors are: an upstream that echoes a key inside a
+200 answer must not put it in `reasoning_content`, `sub_calls[].preview`, stream progress or the log.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .redact import Redactor, secret_env_values
 from .usage import UsageTotals
 
 PREVIEW_CHARS = 160
@@ -77,6 +80,12 @@ class Trace:
     failed: list[str] = field(default_factory=list)
     show_previews: bool = True
     finished: Optional[float] = None
+    # Known secret values of this request (api keys of its nodes and of the request itself).
+    secrets: set[str] = field(default_factory=set)
+
+    def redact(self, text: str) -> str:
+        """`text` without this request's secrets, secret-named environment values or key-shaped tokens."""
+        return Redactor(self.secrets | secret_env_values())(text)
 
     # ------------------------------------------------------------------ accounting
     def add(self, record: SubCallRecord) -> None:
@@ -112,7 +121,10 @@ class Trace:
 
     # ------------------------------------------------------------------ rendering
     def describe(self, record: SubCallRecord) -> str:
-        """One line for a sub-call, used both in the final text and as a streamed progress line."""
+        """One line for a sub-call, used both in the final text and as a streamed progress line (redacted)."""
+        return self.redact(self._describe(record))
+
+    def _describe(self, record: SubCallRecord) -> str:
         head = f"{record.role} {record.label} ({record.model})" if record.label != record.model else (
             f"{record.role} {record.model}"
         )
@@ -138,7 +150,7 @@ class Trace:
             if record.stage != stage:
                 stage = record.stage
                 lines.append(f"[{stage}]")
-            lines.append("  " + self.describe(record).replace("\n", "\n  "))
+            lines.append("  " + self._describe(record).replace("\n", "\n  "))
         for key, value in self.details.items():
             text = value if isinstance(value, str) else None
             if text:
@@ -157,10 +169,11 @@ class Trace:
             f"total: {ok_calls}/{len(self.records)} sub-calls ok, {usage.prompt_tokens} prompt + "
             f"{usage.completion_tokens} completion tokens, ${self.cost:.6f}, {self.elapsed():.2f} s"
         )
-        return "\n".join(lines)
+        return self.redact("\n".join(lines))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        redactor = Redactor(self.secrets | secret_env_values())
+        return redactor.obj({
             "request_id": self.request_id,
             "model": self.model,
             "strategy": self.strategy,
@@ -175,4 +188,4 @@ class Trace:
             "notes": list(self.notes),
             "details": {k: v for k, v in self.details.items() if not isinstance(v, str)},
             "sub_calls": [r.to_dict() for r in self.records],
-        }
+        })

@@ -14,7 +14,6 @@ import time
 from typing import Optional
 
 from .profiles import DocumentSettings
-from .redact import redact
 from .trace import Trace
 
 TRACE_LOG_ENV = "COMPOSITE_LLM_TRACE_LOG"
@@ -40,7 +39,7 @@ def write_trace(trace: Trace, settings: DocumentSettings, *, error: Optional[str
     record = {"ts": time.time(), **trace.to_dict()}
     if error:
         record["error"] = error
-    line = redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
+    line = trace.redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:

@@ -73,3 +73,17 @@ def response_cost(response: Any) -> Optional[float]:
     if cost is None:
         cost = _get(getattr(response, "usage", None), "cost")
     return float(cost) if cost is not None else None
+
+
+# Per-node prices a profile may set. They are never passed on to `litellm.acompletion`: LiteLLM would
+# register them globally for the model name (`litellm.register_model`), so one priced node would change
+# the cost of every later call of that model in the process, priced or not (issue 13.1).
+PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
+UNSUPPORTED_PRICE_KEYS = ("input_cost_per_second", "output_cost_per_second", "cost_per_second")
+
+
+def priced_cost(usage: UsageTotals, price: dict[str, float]) -> float:
+    """The cost of one sub-call at a node's own per-token price (cached and reasoning tokens are part of
+    prompt and completion tokens and cost the same, as in LiteLLM's generic pricing)."""
+    return (usage.prompt_tokens * float(price.get("input_cost_per_token") or 0.0)
+            + usage.completion_tokens * float(price.get("output_cost_per_token") or 0.0))
