@@ -53,9 +53,24 @@ def _priced_cost(server) -> float:
                + count_tokens(f"{r.model} says four") * PRICE["output_cost_per_token"] for r in server.requests)
 
 
+@pytest.fixture()
+def unpriced_models():
+    """Start from no price for the test's model names. Other code in this process may have registered one
+    (a hand-written `litellm.completion(..., input_cost_per_token=...)`, as the benchmark smoke test runs,
+    registers it process-wide: LiteLLM's own behaviour); put back whatever was there afterwards."""
+    names = ("openai/agg", "agg", "openai/p1", "p1")
+    saved = {name: litellm.model_cost.pop(name) for name in names if name in litellm.model_cost}
+    litellm.utils._invalidate_model_cost_lowercase_map()  # LiteLLM caches model info; the pin keeps this name
+    yield
+    for name in names:
+        litellm.model_cost.pop(name, None)
+    litellm.model_cost.update(saved)
+    litellm.utils._invalidate_model_cost_lowercase_map()
+
+
 @pytest.mark.parametrize("order", [["plain", "priced", "plain", "bare"], ["priced", "bare", "plain", "priced"]],
                          ids=["plain-first", "priced-first"])
-def test_node_price_applies_to_that_nodes_calls_only(server, explicit_profiles, order):
+def test_node_price_applies_to_that_nodes_calls_only(server, explicit_profiles, order, unpriced_models):
     _script(server)
     explicit_profiles(_pricing_profiles(server.base_url))
     for name in order:
