@@ -159,10 +159,10 @@ async def test_cursor_stream_json_success(fake, monkeypatch):
     assert os.path.realpath(rec["cwd"]) == result.cwd
     assert not os.path.exists(rec["cwd"])
     assert Path(rec["cwd"]).name.startswith("composite-llm-cli-")
-    # Own process group.
-    assert rec["pgid"] == rec["pid"]
+    # Own process group, led by the subreaper supervisor that started the CLI.
+    assert rec["pgid"] == rec["ppid"] != os.getpgid(0)
     assert result.usage == {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25,
-                            "cached_tokens": 5, "reasoning_tokens": 0}
+                            "cached_tokens": 5, "reasoning_tokens": 0, "cache_write_tokens": 2}
     assert result.usage_reported is True
     assert result.cost_usd is None
     assert result.session_id == "c0ffee00-1111-2222-3333-444455556666"
@@ -220,7 +220,7 @@ async def test_exit_on_result_kills_a_lingering_cli_and_its_child(fake, monkeypa
     assert result.exit_code is not None and result.exit_code < 0  # killed by us
     child = int(await wait_for_file(fake.child_pid))
     assert await wait_gone(child)
-    assert group_members(fake.read_record()["pid"]) == []
+    assert group_members(fake.read_record()["pgid"]) == []
 
 
 async def test_write_mode_needs_allow_writes(fake):
@@ -277,7 +277,7 @@ async def test_codex_style(fake):
     assert argv[argv.index("-m") + 1] == "gpt-5-codex"
     assert result.text == "Hello from gpt-5-codex."  # the last agent message
     assert result.usage == {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109,
-                            "cached_tokens": 40, "reasoning_tokens": 0}
+                            "cached_tokens": 40, "reasoning_tokens": 0, "cache_write_tokens": 0}
     assert result.session_id == "thread-0199"
 
 
@@ -298,7 +298,7 @@ async def test_gemini_style(fake, monkeypatch):
     assert argv[argv.index("--approval-mode") + 1] == "default"
     assert result.text == "Hello from gemini-2.5-pro."
     assert result.usage == {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30,
-                            "cached_tokens": 4, "reasoning_tokens": 0}
+                            "cached_tokens": 4, "reasoning_tokens": 0, "cache_write_tokens": 0}
     assert result.session_id == "gem-sess-7"
     events = [e async for e in stream_cli_agent(GEMINI, "gemini-2.5-pro", user("hi"), fake.settings())]
     answer = "Hello from gemini-2.5-pro."
@@ -338,7 +338,8 @@ async def test_exited_cli_with_a_child_holding_stdout(fake, monkeypatch):
     start = time.monotonic()
     result = await run_cli_agent(TEXT_SPEC, "m", user("hi"), fake.settings())
     assert time.monotonic() - start < 5
-    assert result.text == "plain text answer" and result.exit_code == 0 and result.stop_reason == "exit"
+    # The supervisor ends the leftover child as soon as the CLI exits, which closes stdout.
+    assert result.text == "plain text answer" and result.exit_code == 0 and result.stop_reason in ("exit", "eof")
     assert await wait_gone(int(fake.child_pid.read_text()))
 
 
@@ -398,7 +399,7 @@ async def test_huge_text_output_is_truncated(fake, monkeypatch):
     assert time.monotonic() - start < 10
     assert result.truncated is True and result.stop_reason == "truncated"
     assert 0 < len(result.text.encode()) <= cap
-    assert group_members(fake.read_record()["pid"]) == []
+    assert group_members(fake.read_record()["pgid"]) == []
 
 
 async def test_huge_stream_json_output_is_truncated(fake, monkeypatch):
@@ -444,8 +445,8 @@ async def test_hang_total_timeout(fake, monkeypatch):
     elapsed = time.monotonic() - start
     assert 1.4 <= elapsed < 6
     assert info.value.kind == "total" and info.value.status_code == 408
-    pid = fake.read_record()["pid"]
-    assert not alive(pid) and group_members(pid) == []
+    pid, pgid = fake.read_record()["pid"], fake.read_record()["pgid"]
+    assert not alive(pid) and group_members(pgid) == []
 
 
 async def test_idle_timeout(fake, monkeypatch):
@@ -470,8 +471,8 @@ async def test_request_timeout_bounds_the_run_and_child_is_killed(fake, monkeypa
     assert 2.9 <= elapsed < 15
     child = int(fake.child_pid.read_text())
     assert await wait_gone(child, timeout=2)
-    pid = fake.read_record()["pid"]
-    assert not alive(pid) and group_members(pid) == []
+    pid, pgid = fake.read_record()["pid"], fake.read_record()["pgid"]
+    assert not alive(pid) and group_members(pgid) == []
 
 
 async def test_sigterm_ignored_escalates_to_sigkill(fake, monkeypatch):
@@ -481,8 +482,8 @@ async def test_sigterm_ignored_escalates_to_sigkill(fake, monkeypatch):
     with pytest.raises(CLITimeoutError):
         await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(kill_grace_seconds=0.5), timeout=1)
     assert time.monotonic() - start < 6
-    pid = fake.read_record()["pid"]
-    assert not alive(pid) and group_members(pid) == []
+    pid, pgid = fake.read_record()["pid"], fake.read_record()["pgid"]
+    assert not alive(pid) and group_members(pgid) == []
 
 
 async def test_cancellation_kills_the_group(fake, monkeypatch):
@@ -496,7 +497,7 @@ async def test_cancellation_kills_the_group(fake, monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
     assert await wait_gone(child) and not alive(pid)
-    assert group_members(pid) == []
+    assert group_members(fake.read_record()["pgid"]) == []
 
 
 async def test_closing_a_stream_early_kills_the_cli(fake, monkeypatch):
@@ -691,3 +692,64 @@ def test_redactor():
     assert "my-exact-secret-value" not in text and "sk-abcdef123456" not in text
     assert "xyz123456789" not in text and "hunter22" not in text
     assert '"input_tokens": 12345' in text
+
+
+# --- escaped descendants and the output cap (issue 14.9) ---------------------------------------------------
+def _kill_if_alive(pid: int) -> None:
+    """Test hygiene: a survivor (the bug under test) must not outlive the test run."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, 9)
+
+
+async def test_setsid_grandchild_is_killed_on_timeout(fake, monkeypatch):
+    """A helper that called setsid() left the process group: the group kill alone misses it."""
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "setsid_hang")
+    with pytest.raises(CLITimeoutError):
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(), timeout=2)
+    helper = int(await wait_for_file(fake.child_pid))
+    try:
+        assert await wait_gone(helper, timeout=5), "the setsid() helper survived the run"
+    finally:
+        _kill_if_alive(helper)
+
+
+async def test_setsid_helper_left_by_a_cli_that_exits_is_killed(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "setsid_exit")
+    result = await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
+    assert result.text == "Hello from composer-1."
+    helper = int(await wait_for_file(fake.child_pid))
+    try:
+        assert await wait_gone(helper, timeout=5), "the setsid() helper outlived the request"
+    finally:
+        _kill_if_alive(helper)
+
+
+async def test_supervisor_keeps_exit_codes_and_signals(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    with pytest.raises(CLIExitError) as info:
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
+    assert info.value.exit_code == 3
+    # Without the supervisor the CLI itself leads the group (non-Linux behaviour).
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(supervise=False))
+    rec = fake.read_record()
+    assert rec["pgid"] == rec["pid"]
+
+
+async def test_50mb_without_a_newline_is_an_error_not_an_empty_answer(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "huge_noline")
+    start = time.monotonic()
+    with pytest.raises(CLIOutputError, match="exceeded max_output_bytes") as info:
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(max_output_bytes=4 * 1024 * 1024))
+    assert info.value.status_code == 502
+    assert time.monotonic() - start < 15
+    assert group_members(fake.read_record()["pgid"]) == []
+    # The text format: an answer of nothing but a cut is an error as well.
+    fake.install("fake_agent.py", "plaincli")
+    monkeypatch.setenv("FAKE_MODE", "huge")
+    result = await run_cli_agent(TEXT_SPEC, "m", user("hi"), fake.settings(max_output_bytes=10_000))
+    assert result.truncated and result.text  # real text, cut: an answer with finish "length" upstream
