@@ -753,3 +753,54 @@ async def test_50mb_without_a_newline_is_an_error_not_an_empty_answer(fake, monk
     monkeypatch.setenv("FAKE_MODE", "huge")
     result = await run_cli_agent(TEXT_SPEC, "m", user("hi"), fake.settings(max_output_bytes=10_000))
     assert result.truncated and result.text  # real text, cut: an answer with finish "length" upstream
+
+
+# --- the real CLIs' captured output (tests/fixtures/cli_agents/real/) -----------------------------------------
+REAL = FIXTURES / "real"
+
+
+def _parse_captured(spec: CLISpec, name: str, *, streaming: bool = False):
+    from composite_llm.cli_agents.output import OutputParser
+
+    parser = OutputParser(spec, streaming=streaming)
+    deltas: list[str] = []
+    for line in (REAL / name).read_text().splitlines():
+        deltas += parser.feed_line(line)
+    return parser.finish(), deltas
+
+
+@pytest.mark.parametrize("spec,name,usage,cost", [
+    (CLAUDE, "claude-ok.jsonl", {"prompt_tokens": 899, "completion_tokens": 4}, 0.004595),
+    (CODEX, "codex-ok.jsonl", {"prompt_tokens": 3121, "completion_tokens": 4}, None),
+    (GEMINI, "gemini-ok.jsonl", {"prompt_tokens": 3406, "completion_tokens": 4, "total_tokens": 3410}, None),
+])
+def test_captured_real_output(spec, name, usage, cost):
+    parsed, _ = _parse_captured(spec, name)
+    assert parsed.terminal_seen and not parsed.is_error
+    assert parsed.text == "The answer is 42."
+    assert {k: parsed.usage[k] for k in usage} == usage and parsed.usage_reported
+    assert parsed.cost_usd == cost
+    assert parsed.session_id
+
+
+def test_captured_real_streaming_and_warnings():
+    parsed, deltas = _parse_captured(CLAUDE, "claude-stream.jsonl", streaming=True)
+    assert deltas == ["The", " answer", " is", " 42."] and parsed.text == "The answer is 42."
+    parsed, deltas = _parse_captured(GEMINI, "gemini-ok.jsonl", streaming=True)
+    assert "".join(deltas) == "The answer is 42."
+    # Codex reports a warning as an item of type "error": kept as a warning, not dropped.
+    parsed, _ = _parse_captured(CODEX, "codex-ok.jsonl")
+    assert parsed.error_events == ["Model metadata for `gpt-x` not found. Defaulting to fallback metadata; "
+                                   "this can degrade performance and cause issues."]
+
+
+@pytest.mark.parametrize("spec,name", [
+    (CLAUDE, "claude-upstream-400.jsonl"),
+    (CODEX, "codex-upstream-400.jsonl"),
+    (GEMINI, "gemini-upstream-400.jsonl"),
+])
+def test_captured_real_upstream_400(spec, name):
+    parsed, _ = _parse_captured(spec, name)
+    assert parsed.is_error and parsed.error_status == 400
+    assert "context too long for bad400" in parsed.error_message
+    assert not parsed.error_message.startswith(("{", "[API Error"))  # the API's message, unwrapped

@@ -114,7 +114,7 @@ class CLISettings(BaseModel):
     state_dir: Literal["auto", "request", "home"] = "auto"
     #: The model API the CLI talks to (e.g. a LiteLLM proxy): set through the spec's base-URL
     #: variable or config override. Default: the spec's ``base_url_sources`` variables.
-    base_url: str | None = None
+    cli_base_url: str | None = None
     #: Run the CLI under a small supervisor that is a child subreaper (Linux), so descendants that
     #: left the process group (``setsid``) are killed with it. Off: process-group kill only.
     supervise: bool = True
@@ -129,7 +129,7 @@ class CLISettings(BaseModel):
     def _str_to_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("base_url")
+    @field_validator("cli_base_url")
     @classmethod
     def _check_base_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
@@ -221,8 +221,8 @@ def _summarize(text: str, limit: int = _SUMMARY_CHARS) -> str:
 def resolve_base_url(spec: CLISpec, settings: CLISettings, environ: Mapping[str, str] | None = None) -> str | None:
     """The model API base URL for this run: the settings', else the first of the spec's
     ``base_url_sources`` set in ``environ``; None = the CLI's own default endpoint."""
-    if settings.base_url:
-        return settings.base_url
+    if settings.cli_base_url:
+        return settings.cli_base_url
     env_in = os.environ if environ is None else environ
     for name in spec.base_url_sources:
         if env_in.get(name):

@@ -258,7 +258,7 @@ class CLISpec(BaseModel):
     #: Files written into the per-request state dir before the run (path relative to it -> JSON
     #: document), e.g. a settings file that selects API-key auth and turns statistics off.
     state_files: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    #: The variable the CLI reads its API base URL from; set from ``CLISettings.base_url``.
+    #: The variable the CLI reads its API base URL from; set from ``CLISettings.cli_base_url``.
     base_url_env: str | None = None
     #: Parent variables a base URL is taken from when the settings give none (first set wins).
     base_url_sources: list[str] = Field(default_factory=list)
