@@ -804,3 +804,104 @@ def test_captured_real_upstream_400(spec, name):
     assert parsed.is_error and parsed.error_status == 400
     assert "context too long for bad400" in parsed.error_message
     assert not parsed.error_message.startswith(("{", "[API Error"))  # the API's message, unwrapped
+
+
+# --- composite-llm doctor ------------------------------------------------------------------------------------
+def _version_script(bindir: Path, name: str, output: str) -> None:
+    script = bindir / name
+    script.write_text(f"#!{sys.executable}\nimport sys\nprint({output!r})\n")
+    script.chmod(0o755)
+
+
+def test_doctor_reports_missing_clis_versions_and_keys(tmp_path, monkeypatch, capsys):
+    from composite_llm.cli import main
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _version_script(bindir, "claude", "\x1b[1m9.9.9 (Claude Code)\x1b[0m")
+    _version_script(bindir, "gemini", "0.61.0")
+    _version_script(bindir, "codex", "codex-cli 0.171.0")
+    node = shutil.which("node")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bindir), *([os.path.dirname(node)] if node else [])]))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("ANTHROPIC_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-doctor-test")
+
+    assert main(["doctor", "--json"]) == 1
+    statuses = {s["spec"]: s for s in json.loads(capsys.readouterr().out)}
+    assert statuses["cursor"]["executable"] is None and not statuses["cursor"]["ready"]
+    assert statuses["claude"]["version"] == "9.9.9"
+    assert any("newer than the version tested (2.1.197)" in n for n in statuses["claude"]["notes"])
+    assert statuses["gemini"]["version"] == "0.61.0"
+    assert any("--skip-trust" in n for n in statuses["gemini"]["notes"])
+    assert any("no key variable set" in n for n in statuses["gemini"]["notes"])
+    # Codex with OPENAI_API_KEY only: its built-in provider would not send it.
+    assert not statuses["codex"]["ready"]
+    assert any("CODEX_API_KEY" in p for p in statuses["codex"]["problems"])
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:4000/v1")
+    assert main(["doctor", "codex"]) == (0 if node else 1)
+    out = capsys.readouterr().out
+    assert "base URL: http://127.0.0.1:4000/v1 (passed as a `-c` model provider override)" in out
+    assert main(["doctor", "nosuch"]) == 2
+    assert not (tmp_path / "home").exists()  # asking for versions wrote nothing to HOME
+
+
+def test_real_cli_flags_env_and_state_by_default(tmp_path):
+    """What the real CLIs need (checked against them, see test_cli_agents_real.py): trust, base URL, keys,
+    no transcripts, telemetry off; and what `keep_sessions` / `state_dir` change."""
+    from composite_llm.cli_agents.runner import build_argv, build_env, resolve_base_url
+
+    def argv_of(spec, settings, base_url=None, key_env=""):
+        return build_argv(spec, settings, command=[spec.command[0]], model="m", streaming=False,
+                          workspace=str(tmp_path), base_url=base_url, key_env=key_env)
+
+    plain = CLISettings()
+    assert "--skip-trust" in argv_of(GEMINI, plain)
+    assert "--no-session-persistence" in argv_of(CLAUDE, plain)
+    assert "--ephemeral" in argv_of(CODEX, plain)
+    kept = CLISettings(keep_sessions=True)
+    assert "--no-session-persistence" not in argv_of(CLAUDE, kept) and "--ephemeral" not in argv_of(CODEX, kept)
+    # Codex ignores OPENAI_BASE_URL: the base URL becomes a model provider of its own, keyed by the set variable.
+    environ = {"OPENAI_BASE_URL": "http://127.0.0.1:4000/v1", "OPENAI_API_KEY": "sk-x", "PATH": "/usr/bin"}
+    base = resolve_base_url(CODEX, plain, environ)
+    argv = argv_of(CODEX, plain, base, "OPENAI_API_KEY")
+    assert "model_providers.composite.base_url=http://127.0.0.1:4000/v1" in argv
+    assert "model_providers.composite.env_key=OPENAI_API_KEY" in argv and "model_provider=composite" in argv
+    assert argv.index("-") == len(argv) - 1  # stdin marker stays last
+    assert "-c" not in argv_of(CODEX, plain)[3:7] or "model_provider=composite" not in argv_of(CODEX, plain)
+    # Gemini and Claude take the base URL as a variable; cli_base_url wins over the environment.
+    settings = CLISettings(cli_base_url="http://127.0.0.1:4000")
+    env = build_env(GEMINI, settings, {"GOOGLE_GEMINI_BASE_URL": "http://elsewhere"},
+                    base_url=resolve_base_url(GEMINI, settings, {"GOOGLE_GEMINI_BASE_URL": "http://elsewhere"}))
+    assert env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:4000"
+    assert env["GEMINI_TELEMETRY_ENABLED"] == "false"
+    env = build_env(CLAUDE, plain, {})
+    assert env["DISABLE_TELEMETRY"] == "1" and env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert build_env(CLAUDE, plain, {"DISABLE_TELEMETRY": "0"})["DISABLE_TELEMETRY"] == "0"  # the user's choice
+    with pytest.raises(ValueError):
+        CLISettings(cli_base_url="file:///etc/passwd")
+
+
+async def test_state_dir_and_tmpdir_are_per_request(fake, monkeypatch, tmp_path):
+    fake.install("fake_claude.py", "claude")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    await run_cli_agent(CLAUDE, "sonnet", user("hi"), fake.settings())
+    env = fake.read_record()["env"]
+    state = Path(env["CLAUDE_CONFIG_DIR"])
+    assert state.name == "claude" and state.parent.name.startswith("composite-llm-cli-state-")
+    assert Path(env["TMPDIR"]).parent == state.parent
+    assert not state.parent.exists()  # removed after the run
+    # No key set: the CLI's own login in its home is used (state_dir auto -> home); TMPDIR is still private.
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    await run_cli_agent(CLAUDE, "sonnet", user("hi"), fake.settings())
+    env = fake.read_record()["env"]
+    assert "CLAUDE_CONFIG_DIR" not in env and Path(env["TMPDIR"]).parent.name.startswith("composite-llm-cli-state-")
+    # Gemini's generated settings select API-key auth and turn usage statistics off.
+    fake.install("fake_gemini.py", "gemini")
+    monkeypatch.setenv("GEMINI_API_KEY", "gm-test-key")
+    await run_cli_agent(GEMINI, "gemini-2.5-pro", user("hi"), fake.settings(state_dir="request"))
+    rec = fake.read_record()
+    assert Path(rec["env"]["GEMINI_CLI_HOME"]).name == "gemini"
+    assert rec["gemini_settings"]["security"]["auth"]["selectedType"] == "gemini-api-key"
+    assert rec["gemini_settings"]["privacy"]["usageStatisticsEnabled"] is False

@@ -16,7 +16,6 @@ from __future__ import annotations
 import glob
 import os
 import secrets
-import subprocess
 import tempfile
 import time
 import uuid
@@ -27,6 +26,7 @@ import litellm
 import pytest
 import yaml
 
+from composite_llm.cli_agents.doctor import diagnose_all
 from composite_llm.cli_agents.versions import TESTED_VERSIONS, cli_cache_bin
 from composite_llm.testing import FakeOpenAIServer, count_tokens
 from test_proxy import ProxyProcess, _proxy_env
@@ -73,14 +73,18 @@ def _config(fake_base_url: str) -> dict[str, Any]:
             # refuses unknown parameters, so the deployment drops it.
             {"model_name": "brain", "litellm_params": {"model": "composite/profile/brain", "num_retries": 0,
                                                        "additional_drop_params": ["prompt_cache_key"]}},
+            # The offline SmolLM2 (llama.cpp in the proxy process).
+            {"model_name": "smollm2", "litellm_params": {"model": "local/smollm2-135m",
+                                                         "additional_drop_params": ["prompt_cache_key"]}},
             # Every other name: the fake upstream through `custom_openai`, so LiteLLM converts the Responses
             # and Messages routes to chat completions instead of forwarding them.
             {"model_name": "*", "litellm_params": {"model": "custom_openai/*", "api_base": fake_base_url,
                                                    "api_key": "os.environ/FAKE_UPSTREAM_KEY", "num_retries": 0}},
         ],
         "litellm_settings": {
-            "custom_provider_map": [{"provider": "composite",
-                                     "custom_handler": "composite_llm.litellm_provider.COMPOSITE_PROVIDER"}],
+            "custom_provider_map": [
+                {"provider": "composite", "custom_handler": "composite_llm.litellm_provider.COMPOSITE_PROVIDER"},
+                {"provider": "local", "custom_handler": "composite_llm.local.LOCAL_PROVIDER"}],
             "num_retries": 0,
         },
         "general_settings": {
@@ -177,11 +181,14 @@ def _trace(response) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- tests
-def test_installed_versions_are_the_tested_ones(cli_bin):
+def test_doctor_sees_the_tested_versions_ready(cli_env):
+    statuses = {s.spec: s for s in diagnose_all(names=list(CLIS))}
     for cli, version in TESTED_VERSIONS.items():
-        out = subprocess.run([str(cli_bin / cli), "--version"], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "HOME": tempfile.mkdtemp(prefix="composite-llm-cli-version-")})
-        assert version in out.stdout, f"{cli}: {out.stdout!r} {out.stderr[-500:]!r}"
+        status = statuses[cli]
+        assert status.ready, status.problems
+        assert status.version == version and status.executable.startswith(str(cli_env.home.parent)) is False
+        assert not any("newer" in n or "older" in n for n in status.notes)
+    assert _files(cli_env.home) == []  # asking for versions wrote nothing to HOME
 
 
 @pytest.mark.parametrize("cli", list(CLIS))
@@ -263,3 +270,14 @@ def test_claude_code_with_a_moa_as_its_brain(cli_env):
     assert response.choices[0].message.content == BRAIN_ANSWER
     models = sorted(r.model for r in cli_env.upstream.requests)
     assert models.count("brain-agg") >= 1 and models.count("brain-p1") >= 1 and models.count("brain-p2") >= 1
+
+
+def test_claude_code_on_the_offline_smollm2(cli_env):
+    """A `composite/cli/...` member on an offline `local/` model through the proxy. Claude Code's own system
+    prompt and tool list do not fit a small context, so the recipe replaces the system prompt."""
+    response = litellm.completion(
+        model=_model("claude", "smollm2"), messages=[{"role": "user", "content": "Say hello."}],
+        **_settings("claude", cli_env.proxy, extra_args=["--system-prompt", "You are a helpful assistant."]))
+    assert response.choices[0].message.content.strip()
+    assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+    assert cli_env.upstream.requests == []  # answered offline, not by the fake upstream
