@@ -905,3 +905,15 @@ async def test_state_dir_and_tmpdir_are_per_request(fake, monkeypatch, tmp_path)
     assert Path(rec["env"]["GEMINI_CLI_HOME"]).name == "gemini"
     assert rec["gemini_settings"]["security"]["auth"]["selectedType"] == "gemini-api-key"
     assert rec["gemini_settings"]["privacy"]["usageStatisticsEnabled"] is False
+
+
+def test_makefile_installs_the_tested_cli_versions():
+    """`make cli-agents` and composite_llm.cli_agents.versions list the same packages (and so the same
+    cache folder, which the real-CLI tests look in)."""
+    from composite_llm.cli_agents.versions import cli_cache_dir, npm_packages
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    line = next(l for l in makefile.splitlines() if l.startswith("CLI_PKGS :="))
+    assert line.split(":=", 1)[1].strip() == npm_packages()
+    key = hashlib.sha256(npm_packages().encode()).hexdigest()[:16]
+    assert cli_cache_dir().name == key and cli_cache_dir().parent.name == "cli-agents"
