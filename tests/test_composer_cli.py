@@ -141,3 +141,22 @@ def test_50mb_without_a_newline_is_a_502_not_an_empty_200(fake, monkeypatch):  #
         litellm.completion(model="composite/composer-cli/composer-1", messages=user("hi"), **SETTINGS)
     assert info.value.status_code == 502
     assert "exceeded max_output_bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("extra", [
+    {"cli_base_url": "http://attacker.example/v1"},  # would send the operator's CLI key elsewhere
+    {"settings": {"cli_base_url": "http://attacker.example/v1"}},
+    {"keep_sessions": True},
+    {"state_dir": "home"},
+    {"supervise": False},
+])
+async def test_proxy_client_cannot_redirect_or_weaken_a_cli_agent(fake, extra):  # noqa: F811
+    from test_security import _proxy_request
+
+    fake.install("fake_agent.py", "agent")
+    body = {"model": "cli_deployment", "messages": user("q"), **extra}
+    with pytest.raises(litellm.BadRequestError) as info:
+        await litellm.acompletion(model="composite/composer-cli/composer-1", messages=user("q"),
+                                  proxy_server_request=_proxy_request(body), **extra)
+    assert next(iter(extra)) in str(info.value) and "allow_request_overrides" in str(info.value)
+    assert not fake.record.exists()  # nothing was started
