@@ -282,3 +282,22 @@ def test_claude_code_on_the_offline_smollm2(cli_env):
     assert response.choices[0].message.content.strip()
     assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
     assert cli_env.upstream.requests == []  # answered offline, not by the fake upstream
+
+
+@pytest.mark.parametrize("cli", list(CLIS))
+def test_no_transcript_in_home_when_the_cli_keeps_its_state_there(cli, cli_env):
+    """`state_dir: home` (a CLI logged in through its home): what the CLIs write there may stay, but no file
+    holds the prompt afterwards (Claude and Codex by their switches, Gemini's chat folder removed by us)."""
+    if cli == "gemini":  # API-key auth is chosen in the user's settings, as a Gemini user would have it
+        settings = cli_env.home / ".gemini" / "settings.json"
+        settings.parent.mkdir()
+        settings.write_text('{"security": {"auth": {"selectedType": "gemini-api-key"}}}')
+    secret_question = f"What is 6*7? ({uuid.uuid4().hex})"
+    response = litellm.completion(model=_model(cli), messages=[{"role": "user", "content": secret_question}],
+                                  **_settings(cli, cli_env.proxy, state_dir="home"))
+    assert response.choices[0].message.content == ANSWER
+    written = [p for p in cli_env.home.rglob("*") if p.is_file()]
+    assert written, "the CLI wrote nothing to HOME: state_dir home was not used"
+    holding = [str(p.relative_to(cli_env.home)) for p in written
+               if secret_question.split("(")[1][:32].encode() in p.read_bytes()]
+    assert holding == []

@@ -180,6 +180,8 @@ GEMINI = CLISpec(
         "privacy": {"usageStatisticsEnabled": False},
         "telemetry": {"enabled": False},
     }},
+    # Gemini has no switch against chat recording: in the user's home, this run's chat folder goes.
+    workspace_state_markers=[".gemini/tmp/*/.project_root", ".gemini/history/*/.project_root"],
     base_url_env="GOOGLE_GEMINI_BASE_URL",
     base_url_sources=["GOOGLE_GEMINI_BASE_URL"],
     output_format="stream-json",

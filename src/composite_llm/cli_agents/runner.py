@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import glob
 import json
 import math
 import os
@@ -472,6 +473,25 @@ class _Run:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(doc, fh, indent=2)
 
+    def _remove_workspace_state(self) -> None:
+        """In the user's home, remove the folders the CLI keyed to this run's temp workspace (their
+        marker file names it): its transcript of this request, nothing else."""
+        spec = self.spec
+        if self.state_isolated or self.settings.keep_sessions or not spec.workspace_state_markers:
+            return
+        base = next((self.env[v] for v in spec.state_env if self.env.get(v)), None) or self.env.get("HOME")
+        if not base:
+            return
+        for pattern in spec.workspace_state_markers:
+            for marker in glob.glob(os.path.join(glob.escape(base), pattern)):
+                try:
+                    with open(marker, encoding="utf-8") as fh:
+                        owner = fh.read(4096).strip()
+                except OSError:
+                    continue
+                if owner and os.path.realpath(owner) == self.workspace:
+                    shutil.rmtree(os.path.dirname(marker), ignore_errors=True)
+
     def _spawn_argv(self) -> list[str]:
         """The CLI's argv, under the subreaper supervisor where it can run (Linux, a Python)."""
         if self.settings.supervise and sys.platform.startswith("linux") and sys.executable:
@@ -725,6 +745,7 @@ class _Run:
                     os.unlink(self._prompt_file)
             if self._own_workspace and self.workspace:
                 shutil.rmtree(self.workspace, ignore_errors=True)
+                self._remove_workspace_state()
             if self.state_root:
                 shutil.rmtree(self.state_root, ignore_errors=True)
             self.duration_s = round(time.monotonic() - self.started, 3)

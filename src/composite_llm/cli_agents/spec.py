@@ -258,6 +258,11 @@ class CLISpec(BaseModel):
     #: Files written into the per-request state dir before the run (path relative to it -> JSON
     #: document), e.g. a settings file that selects API-key auth and turns statistics off.
     state_files: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: When the CLI keeps its state in the user's home (``state_dir: home``) and sessions are not kept:
+    #: globs (relative to the dir named by the first ``state_env`` variable that is set, else HOME) of
+    #: marker files holding a project path; a marker naming this run's temp workspace has its folder
+    #: removed after the run (Gemini writes each chat under ``.gemini/tmp/<slug>/`` with such a marker).
+    workspace_state_markers: list[str] = Field(default_factory=list)
     #: The variable the CLI reads its API base URL from; set from ``CLISettings.cli_base_url``.
     base_url_env: str | None = None
     #: Parent variables a base URL is taken from when the settings give none (first set wins).
@@ -299,7 +304,7 @@ class CLISpec(BaseModel):
     @field_validator(
         "command", "args", "model_args", "stream_args", "read_only_args", "write_args", "trailing_args",
         "env_keys", "env_passthrough", "error_message_paths", "session_id_paths", "no_session_args",
-        "base_url_sources", "base_url_args", "error_status_paths",
+        "base_url_sources", "base_url_args", "error_status_paths", "workspace_state_markers",
         mode="before",
     )
     @classmethod
