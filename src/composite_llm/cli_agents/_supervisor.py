@@ -12,8 +12,9 @@ starts the CLI as its child (same process group, inherited stdin/stdout/stderr),
 * on SIGTERM/SIGINT/SIGHUP (the runner kills the group, or the host died: ``PR_SET_PDEATHSIG``):
   the same sweep, then die by that signal.
 
-Run as a file with ``python -I -S`` (stdlib only, no site-packages): it starts in ~20 ms.
-Usage: ``_supervisor.py GRACE_SECONDS -- ARGV...``.
+Run as a file with ``python -I -S`` (stdlib only, no site-packages): it starts in ~50 ms.
+Usage: ``_supervisor.py GRACE_SECONDS PARENT_PID -- ARGV...`` (PARENT_PID: the runner, so a supervisor
+whose runner died before ``PR_SET_PDEATHSIG`` took effect exits instead of running an orphaned CLI).
 """
 
 from __future__ import annotations
@@ -116,11 +117,12 @@ def _die_like(status: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: _supervisor.py GRACE_SECONDS -- ARGV...\n")
+    if len(argv) < 4 or argv[2] != "--":
+        sys.stderr.write("usage: _supervisor.py GRACE_SECONDS PARENT_PID -- ARGV...\n")
         os._exit(2)
     grace = max(0.0, float(argv[0]))
-    command = argv[2:]
+    parent = int(argv[1])
+    command = argv[3:]
 
     def stop(signum: int, _frame: object) -> None:
         raise _Stop(signum)
@@ -129,7 +131,7 @@ def main(argv: list[str]) -> None:
         signal.signal(sig, stop)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the runner died before prctl took effect
+    if os.getppid() != parent:  # the runner died before PR_SET_PDEATHSIG took effect
         os._exit(1)
     try:
         try:

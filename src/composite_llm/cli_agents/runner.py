@@ -497,7 +497,7 @@ class _Run:
         if self.settings.supervise and sys.platform.startswith("linux") and sys.executable:
             self._supervised = True
             grace = self.settings.kill_grace_seconds / 2
-            return [sys.executable, "-I", "-S", _SUPERVISOR, f"{grace:g}", "--", *self.argv]
+            return [sys.executable, "-I", "-S", _SUPERVISOR, f"{grace:g}", str(os.getpid()), "--", *self.argv]
         return list(self.argv)
 
     async def _spawn(self) -> None:
