@@ -917,3 +917,12 @@ def test_makefile_installs_the_tested_cli_versions():
     assert line.split(":=", 1)[1].strip() == npm_packages()
     key = hashlib.sha256(npm_packages().encode()).hexdigest()[:16]
     assert cli_cache_dir().name == key and cli_cache_dir().parent.name == "cli-agents"
+
+
+async def test_colour_codes_are_stripped_from_errors(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "ansi_error")
+    with pytest.raises(CLIExitError) as info:
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
+    assert "Error: quota exhausted link" in str(info.value)
+    assert "\x1b" not in str(info.value) and "\x1b" not in info.value.stderr_tail
