@@ -23,7 +23,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
 # Replaces whatever llama.cpp build a venv already has (say one pip took from its cache) with ours.
 USE_OUR_LLAMA = $(PIP) install --quiet --no-deps --force-reinstall --no-index --find-links "$(WHEELHOUSE)" "$(LLAMA_CPP)"
 
-.PHONY: venv install demo demo-qwen test bench clean
+.PHONY: venv install demo demo-qwen test bench clean cli-agents
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,26 @@ $(VENV)/.installed-local: pyproject.toml $(WHEELHOUSE)/.built | $(PY)
 	$(USE_OUR_LLAMA)
 	touch $@
 
+# The coding-agent CLIs that tests/test_cli_agents_real.py drives for real, installed from npm once per
+# machine and version set into their own folder (never globally, never into the venv), like the llama.cpp
+# wheelhouse. Keep CLI_PKGS in step with composite_llm.cli_agents.versions.TESTED_CLI_PACKAGES (a test
+# checks). Without npm the target says so and those tests skip; a failing npm install fails the target.
+CLI_PKGS := @anthropic-ai/claude-code@2.1.197 @openai/codex@0.171.0 @google/gemini-cli@0.61.0
+CLI_HOME := $(CACHE_HOME)/cli-agents/$(shell printf '%s' '$(CLI_PKGS)' | sha256sum | cut -c1-16)
+
+cli-agents:
+	@if [ -f "$(CLI_HOME)/.installed" ]; then \
+	  echo "coding-agent CLIs: $(CLI_HOME)/node_modules/.bin (cached)"; \
+	elif ! command -v npm >/dev/null 2>&1; then \
+	  echo "coding-agent CLIs: npm not found; the real-CLI tests will skip (install Node.js >= 20 with npm)"; \
+	else \
+	  echo "coding-agent CLIs: installing $(CLI_PKGS) into $(CLI_HOME) (once per machine)"; \
+	  rm -rf "$(CLI_HOME).partial" && mkdir -p "$(CLI_HOME).partial" && \
+	  npm install --prefix "$(CLI_HOME).partial" --no-audit --no-fund --no-save --loglevel=error $(CLI_PKGS) && \
+	  rm -rf "$(CLI_HOME)" && mv "$(CLI_HOME).partial" "$(CLI_HOME)" && touch "$(CLI_HOME)/.installed" && \
+	  echo "coding-agent CLIs: $(CLI_HOME)/node_modules/.bin"; \
+	fi
+
 install: $(VENV)/.installed-test
 
 # Offline demo on real local models (no keys needed); with CEREBRAS_API_KEY it runs the Cerebras line-up.
@@ -61,7 +81,7 @@ demo-qwen: $(VENV)/.installed-local
 	$(USE_OUR_LLAMA)
 	$(PY) demo.py
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test cli-agents
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test

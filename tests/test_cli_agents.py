@@ -159,10 +159,10 @@ async def test_cursor_stream_json_success(fake, monkeypatch):
     assert os.path.realpath(rec["cwd"]) == result.cwd
     assert not os.path.exists(rec["cwd"])
     assert Path(rec["cwd"]).name.startswith("composite-llm-cli-")
-    # Own process group.
-    assert rec["pgid"] == rec["pid"]
+    # Own process group, led by the subreaper supervisor that started the CLI.
+    assert rec["pgid"] == rec["ppid"] != os.getpgid(0)
     assert result.usage == {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25,
-                            "cached_tokens": 5, "reasoning_tokens": 0}
+                            "cached_tokens": 5, "reasoning_tokens": 0, "cache_write_tokens": 2}
     assert result.usage_reported is True
     assert result.cost_usd is None
     assert result.session_id == "c0ffee00-1111-2222-3333-444455556666"
@@ -220,7 +220,7 @@ async def test_exit_on_result_kills_a_lingering_cli_and_its_child(fake, monkeypa
     assert result.exit_code is not None and result.exit_code < 0  # killed by us
     child = int(await wait_for_file(fake.child_pid))
     assert await wait_gone(child)
-    assert group_members(fake.read_record()["pid"]) == []
+    assert group_members(fake.read_record()["pgid"]) == []
 
 
 async def test_write_mode_needs_allow_writes(fake):
@@ -277,7 +277,7 @@ async def test_codex_style(fake):
     assert argv[argv.index("-m") + 1] == "gpt-5-codex"
     assert result.text == "Hello from gpt-5-codex."  # the last agent message
     assert result.usage == {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109,
-                            "cached_tokens": 40, "reasoning_tokens": 0}
+                            "cached_tokens": 40, "reasoning_tokens": 0, "cache_write_tokens": 0}
     assert result.session_id == "thread-0199"
 
 
@@ -298,7 +298,7 @@ async def test_gemini_style(fake, monkeypatch):
     assert argv[argv.index("--approval-mode") + 1] == "default"
     assert result.text == "Hello from gemini-2.5-pro."
     assert result.usage == {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30,
-                            "cached_tokens": 4, "reasoning_tokens": 0}
+                            "cached_tokens": 4, "reasoning_tokens": 0, "cache_write_tokens": 0}
     assert result.session_id == "gem-sess-7"
     events = [e async for e in stream_cli_agent(GEMINI, "gemini-2.5-pro", user("hi"), fake.settings())]
     answer = "Hello from gemini-2.5-pro."
@@ -338,7 +338,8 @@ async def test_exited_cli_with_a_child_holding_stdout(fake, monkeypatch):
     start = time.monotonic()
     result = await run_cli_agent(TEXT_SPEC, "m", user("hi"), fake.settings())
     assert time.monotonic() - start < 5
-    assert result.text == "plain text answer" and result.exit_code == 0 and result.stop_reason == "exit"
+    # The supervisor ends the leftover child as soon as the CLI exits, which closes stdout.
+    assert result.text == "plain text answer" and result.exit_code == 0 and result.stop_reason in ("exit", "eof")
     assert await wait_gone(int(fake.child_pid.read_text()))
 
 
@@ -398,7 +399,7 @@ async def test_huge_text_output_is_truncated(fake, monkeypatch):
     assert time.monotonic() - start < 10
     assert result.truncated is True and result.stop_reason == "truncated"
     assert 0 < len(result.text.encode()) <= cap
-    assert group_members(fake.read_record()["pid"]) == []
+    assert group_members(fake.read_record()["pgid"]) == []
 
 
 async def test_huge_stream_json_output_is_truncated(fake, monkeypatch):
@@ -444,8 +445,8 @@ async def test_hang_total_timeout(fake, monkeypatch):
     elapsed = time.monotonic() - start
     assert 1.4 <= elapsed < 6
     assert info.value.kind == "total" and info.value.status_code == 408
-    pid = fake.read_record()["pid"]
-    assert not alive(pid) and group_members(pid) == []
+    pid, pgid = fake.read_record()["pid"], fake.read_record()["pgid"]
+    assert not alive(pid) and group_members(pgid) == []
 
 
 async def test_idle_timeout(fake, monkeypatch):
@@ -470,8 +471,8 @@ async def test_request_timeout_bounds_the_run_and_child_is_killed(fake, monkeypa
     assert 2.9 <= elapsed < 15
     child = int(fake.child_pid.read_text())
     assert await wait_gone(child, timeout=2)
-    pid = fake.read_record()["pid"]
-    assert not alive(pid) and group_members(pid) == []
+    pid, pgid = fake.read_record()["pid"], fake.read_record()["pgid"]
+    assert not alive(pid) and group_members(pgid) == []
 
 
 async def test_sigterm_ignored_escalates_to_sigkill(fake, monkeypatch):
@@ -481,8 +482,8 @@ async def test_sigterm_ignored_escalates_to_sigkill(fake, monkeypatch):
     with pytest.raises(CLITimeoutError):
         await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(kill_grace_seconds=0.5), timeout=1)
     assert time.monotonic() - start < 6
-    pid = fake.read_record()["pid"]
-    assert not alive(pid) and group_members(pid) == []
+    pid, pgid = fake.read_record()["pid"], fake.read_record()["pgid"]
+    assert not alive(pid) and group_members(pgid) == []
 
 
 async def test_cancellation_kills_the_group(fake, monkeypatch):
@@ -496,7 +497,7 @@ async def test_cancellation_kills_the_group(fake, monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
     assert await wait_gone(child) and not alive(pid)
-    assert group_members(pid) == []
+    assert group_members(fake.read_record()["pgid"]) == []
 
 
 async def test_closing_a_stream_early_kills_the_cli(fake, monkeypatch):
@@ -691,3 +692,237 @@ def test_redactor():
     assert "my-exact-secret-value" not in text and "sk-abcdef123456" not in text
     assert "xyz123456789" not in text and "hunter22" not in text
     assert '"input_tokens": 12345' in text
+
+
+# --- escaped descendants and the output cap (issue 14.9) ---------------------------------------------------
+def _kill_if_alive(pid: int) -> None:
+    """Test hygiene: a survivor (the bug under test) must not outlive the test run."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, 9)
+
+
+async def test_setsid_grandchild_is_killed_on_timeout(fake, monkeypatch):
+    """A helper that called setsid() left the process group: the group kill alone misses it."""
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "setsid_hang")
+    with pytest.raises(CLITimeoutError):
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(), timeout=2)
+    helper = int(await wait_for_file(fake.child_pid))
+    try:
+        assert await wait_gone(helper, timeout=5), "the setsid() helper survived the run"
+    finally:
+        _kill_if_alive(helper)
+
+
+async def test_setsid_helper_left_by_a_cli_that_exits_is_killed(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "setsid_exit")
+    result = await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
+    assert result.text == "Hello from composer-1."
+    helper = int(await wait_for_file(fake.child_pid))
+    try:
+        assert await wait_gone(helper, timeout=5), "the setsid() helper outlived the request"
+    finally:
+        _kill_if_alive(helper)
+
+
+async def test_supervisor_keeps_exit_codes_and_signals(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "crash")
+    with pytest.raises(CLIExitError) as info:
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
+    assert info.value.exit_code == 3
+    # Without the supervisor the CLI itself leads the group (non-Linux behaviour).
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(supervise=False))
+    rec = fake.read_record()
+    assert rec["pgid"] == rec["pid"]
+
+
+async def test_50mb_without_a_newline_is_an_error_not_an_empty_answer(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "huge_noline")
+    start = time.monotonic()
+    with pytest.raises(CLIOutputError, match="exceeded max_output_bytes") as info:
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(max_output_bytes=4 * 1024 * 1024))
+    assert info.value.status_code == 502
+    assert time.monotonic() - start < 15
+    assert group_members(fake.read_record()["pgid"]) == []
+    # The text format: an answer of nothing but a cut is an error as well.
+    fake.install("fake_agent.py", "plaincli")
+    monkeypatch.setenv("FAKE_MODE", "huge")
+    result = await run_cli_agent(TEXT_SPEC, "m", user("hi"), fake.settings(max_output_bytes=10_000))
+    assert result.truncated and result.text  # real text, cut: an answer with finish "length" upstream
+
+
+# --- the real CLIs' captured output (tests/fixtures/cli_agents/real/) -----------------------------------------
+REAL = FIXTURES / "real"
+
+
+def _parse_captured(spec: CLISpec, name: str, *, streaming: bool = False):
+    from composite_llm.cli_agents.output import OutputParser
+
+    parser = OutputParser(spec, streaming=streaming)
+    deltas: list[str] = []
+    for line in (REAL / name).read_text().splitlines():
+        deltas += parser.feed_line(line)
+    return parser.finish(), deltas
+
+
+@pytest.mark.parametrize("spec,name,usage,cost", [
+    (CLAUDE, "claude-ok.jsonl", {"prompt_tokens": 899, "completion_tokens": 4}, 0.004595),
+    (CODEX, "codex-ok.jsonl", {"prompt_tokens": 3121, "completion_tokens": 4}, None),
+    (GEMINI, "gemini-ok.jsonl", {"prompt_tokens": 3406, "completion_tokens": 4, "total_tokens": 3410}, None),
+])
+def test_captured_real_output(spec, name, usage, cost):
+    parsed, _ = _parse_captured(spec, name)
+    assert parsed.terminal_seen and not parsed.is_error
+    assert parsed.text == "The answer is 42."
+    assert {k: parsed.usage[k] for k in usage} == usage and parsed.usage_reported
+    assert parsed.cost_usd == cost
+    assert parsed.session_id
+
+
+def test_captured_real_streaming_and_warnings():
+    parsed, deltas = _parse_captured(CLAUDE, "claude-stream.jsonl", streaming=True)
+    assert deltas == ["The", " answer", " is", " 42."] and parsed.text == "The answer is 42."
+    parsed, deltas = _parse_captured(GEMINI, "gemini-ok.jsonl", streaming=True)
+    assert "".join(deltas) == "The answer is 42."
+    # Codex reports a warning as an item of type "error": kept as a warning, not dropped.
+    parsed, _ = _parse_captured(CODEX, "codex-ok.jsonl")
+    assert parsed.error_events == ["Model metadata for `gpt-x` not found. Defaulting to fallback metadata; "
+                                   "this can degrade performance and cause issues."]
+
+
+@pytest.mark.parametrize("spec,name", [
+    (CLAUDE, "claude-upstream-400.jsonl"),
+    (CODEX, "codex-upstream-400.jsonl"),
+    (GEMINI, "gemini-upstream-400.jsonl"),
+])
+def test_captured_real_upstream_400(spec, name):
+    parsed, _ = _parse_captured(spec, name)
+    assert parsed.is_error and parsed.error_status == 400
+    assert "context too long for bad400" in parsed.error_message
+    assert not parsed.error_message.startswith(("{", "[API Error"))  # the API's message, unwrapped
+
+
+# --- composite-llm doctor ------------------------------------------------------------------------------------
+def _version_script(bindir: Path, name: str, output: str) -> None:
+    script = bindir / name
+    script.write_text(f"#!{sys.executable}\nimport sys\nprint({output!r})\n")
+    script.chmod(0o755)
+
+
+def test_doctor_reports_missing_clis_versions_and_keys(tmp_path, monkeypatch, capsys):
+    from composite_llm.cli import main
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    _version_script(bindir, "claude", "\x1b[1m9.9.9 (Claude Code)\x1b[0m")
+    _version_script(bindir, "gemini", "0.61.0")
+    _version_script(bindir, "codex", "codex-cli 0.171.0")
+    node = shutil.which("node")
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bindir), *([os.path.dirname(node)] if node else [])]))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("ANTHROPIC_API_KEY", "CODEX_API_KEY", "OPENAI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-doctor-test")
+
+    assert main(["doctor", "--json"]) == 1
+    statuses = {s["spec"]: s for s in json.loads(capsys.readouterr().out)}
+    assert statuses["cursor"]["executable"] is None and not statuses["cursor"]["ready"]
+    assert statuses["claude"]["version"] == "9.9.9"
+    assert any("newer than the version tested (2.1.197)" in n for n in statuses["claude"]["notes"])
+    assert statuses["gemini"]["version"] == "0.61.0"
+    assert any("--skip-trust" in n for n in statuses["gemini"]["notes"])
+    assert any("no key variable set" in n for n in statuses["gemini"]["notes"])
+    # Codex with OPENAI_API_KEY only: its built-in provider would not send it.
+    assert not statuses["codex"]["ready"]
+    assert any("CODEX_API_KEY" in p for p in statuses["codex"]["problems"])
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:4000/v1")
+    assert main(["doctor", "codex"]) == (0 if node else 1)
+    out = capsys.readouterr().out
+    assert "base URL: http://127.0.0.1:4000/v1 (passed as a `-c` model provider override)" in out
+    assert main(["doctor", "nosuch"]) == 2
+    assert not (tmp_path / "home").exists()  # asking for versions wrote nothing to HOME
+
+
+def test_real_cli_flags_env_and_state_by_default(tmp_path):
+    """What the real CLIs need (checked against them, see test_cli_agents_real.py): trust, base URL, keys,
+    no transcripts, telemetry off; and what `keep_sessions` / `state_dir` change."""
+    from composite_llm.cli_agents.runner import build_argv, build_env, resolve_base_url
+
+    def argv_of(spec, settings, base_url=None, key_env=""):
+        return build_argv(spec, settings, command=[spec.command[0]], model="m", streaming=False,
+                          workspace=str(tmp_path), base_url=base_url, key_env=key_env)
+
+    plain = CLISettings()
+    assert "--skip-trust" in argv_of(GEMINI, plain)
+    assert "--no-session-persistence" in argv_of(CLAUDE, plain)
+    assert "--ephemeral" in argv_of(CODEX, plain)
+    kept = CLISettings(keep_sessions=True)
+    assert "--no-session-persistence" not in argv_of(CLAUDE, kept) and "--ephemeral" not in argv_of(CODEX, kept)
+    # Codex ignores OPENAI_BASE_URL: the base URL becomes a model provider of its own, keyed by the set variable.
+    environ = {"OPENAI_BASE_URL": "http://127.0.0.1:4000/v1", "OPENAI_API_KEY": "sk-x", "PATH": "/usr/bin"}
+    base = resolve_base_url(CODEX, plain, environ)
+    argv = argv_of(CODEX, plain, base, "OPENAI_API_KEY")
+    assert "model_providers.composite.base_url=http://127.0.0.1:4000/v1" in argv
+    assert "model_providers.composite.env_key=OPENAI_API_KEY" in argv and "model_provider=composite" in argv
+    assert argv.index("-") == len(argv) - 1  # stdin marker stays last
+    assert "model_provider=composite" not in argv_of(CODEX, plain)  # no base URL: Codex's own provider
+    # Gemini and Claude take the base URL as a variable; cli_base_url wins over the environment.
+    settings = CLISettings(cli_base_url="http://127.0.0.1:4000")
+    env = build_env(GEMINI, settings, {"GOOGLE_GEMINI_BASE_URL": "http://elsewhere"},
+                    base_url=resolve_base_url(GEMINI, settings, {"GOOGLE_GEMINI_BASE_URL": "http://elsewhere"}))
+    assert env["GOOGLE_GEMINI_BASE_URL"] == "http://127.0.0.1:4000"
+    assert env["GEMINI_TELEMETRY_ENABLED"] == "false"
+    env = build_env(CLAUDE, plain, {})
+    assert env["DISABLE_TELEMETRY"] == "1" and env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert build_env(CLAUDE, plain, {"DISABLE_TELEMETRY": "0"})["DISABLE_TELEMETRY"] == "0"  # the user's choice
+    with pytest.raises(ValueError):
+        CLISettings(cli_base_url="file:///etc/passwd")
+
+
+async def test_state_dir_and_tmpdir_are_per_request(fake, monkeypatch, tmp_path):
+    fake.install("fake_claude.py", "claude")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    await run_cli_agent(CLAUDE, "sonnet", user("hi"), fake.settings())
+    env = fake.read_record()["env"]
+    state = Path(env["CLAUDE_CONFIG_DIR"])
+    assert state.name == "claude" and state.parent.name.startswith("composite-llm-cli-state-")
+    assert Path(env["TMPDIR"]).parent == state.parent
+    assert not state.parent.exists()  # removed after the run
+    # No key set: the CLI's own login in its home is used (state_dir auto -> home); TMPDIR is still private.
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    await run_cli_agent(CLAUDE, "sonnet", user("hi"), fake.settings())
+    env = fake.read_record()["env"]
+    assert "CLAUDE_CONFIG_DIR" not in env and Path(env["TMPDIR"]).parent.name.startswith("composite-llm-cli-state-")
+    # Gemini's generated settings select API-key auth and turn usage statistics off.
+    fake.install("fake_gemini.py", "gemini")
+    monkeypatch.setenv("GEMINI_API_KEY", "gm-test-key")
+    await run_cli_agent(GEMINI, "gemini-2.5-pro", user("hi"), fake.settings(state_dir="request"))
+    rec = fake.read_record()
+    assert Path(rec["env"]["GEMINI_CLI_HOME"]).name == "gemini"
+    assert rec["gemini_settings"]["security"]["auth"]["selectedType"] == "gemini-api-key"
+    assert rec["gemini_settings"]["privacy"]["usageStatisticsEnabled"] is False
+
+
+def test_makefile_installs_the_tested_cli_versions():
+    """`make cli-agents` and composite_llm.cli_agents.versions list the same packages (and so the same
+    cache folder, which the real-CLI tests look in)."""
+    from composite_llm.cli_agents.versions import cli_cache_dir, npm_packages
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    line = next(l for l in makefile.splitlines() if l.startswith("CLI_PKGS :="))
+    assert line.split(":=", 1)[1].strip() == npm_packages()
+    key = hashlib.sha256(npm_packages().encode()).hexdigest()[:16]
+    assert cli_cache_dir().name == key and cli_cache_dir().parent.name == "cli-agents"
+
+
+async def test_colour_codes_are_stripped_from_errors(fake, monkeypatch):
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "ansi_error")
+    with pytest.raises(CLIExitError) as info:
+        await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
+    assert "Error: quota exhausted link" in str(info.value)
+    assert "\x1b" not in str(info.value) and "\x1b" not in info.value.stderr_tail

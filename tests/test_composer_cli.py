@@ -110,3 +110,53 @@ def test_unknown_cli_spec_lists_known(server):
     with pytest.raises(litellm.BadRequestError) as info:
         litellm.completion(model="composite/cli/nosuch/model", messages=user("hi"))
     assert "cursor" in str(info.value) and "claude" in str(info.value)
+
+
+def test_answer_cut_at_the_output_cap_finishes_with_length(fake, monkeypatch):  # noqa: F811
+    """Issue 14.9: a cut answer is `length` with a trace note, never a clean `stop`."""
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "huge_json")
+    response = litellm.completion(model="composite/composer-cli/composer-1", messages=user("hi"),
+                                  max_output_bytes=200_000, **SETTINGS)
+    choice = response.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.content and set(choice.message.content) <= {"z", "\n"}
+    trace = choice.message.provider_specific_fields["composite"]
+    assert any("truncated at 200000 bytes" in note for note in trace["notes"])
+
+
+async def test_streamed_answer_cut_at_the_output_cap_finishes_with_length(fake, monkeypatch):  # noqa: F811
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "huge_json")
+    stream = await litellm.acompletion(model="composite/composer-cli/composer-1", messages=user("hi"), stream=True,
+                                       max_output_bytes=200_000, **SETTINGS)
+    finishes = [c.choices[0].finish_reason async for c in stream if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+
+
+def test_50mb_without_a_newline_is_a_502_not_an_empty_200(fake, monkeypatch):  # noqa: F811
+    fake.install("fake_agent.py", "agent")
+    monkeypatch.setenv("FAKE_MODE", "huge_noline")
+    with pytest.raises(litellm.APIError) as info:
+        litellm.completion(model="composite/composer-cli/composer-1", messages=user("hi"), **SETTINGS)
+    assert info.value.status_code == 502
+    assert "exceeded max_output_bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("extra", [
+    {"cli_base_url": "http://attacker.example/v1"},  # would send the operator's CLI key elsewhere
+    {"settings": {"cli_base_url": "http://attacker.example/v1"}},
+    {"keep_sessions": True},
+    {"state_dir": "home"},
+    {"supervise": False},
+])
+async def test_proxy_client_cannot_redirect_or_weaken_a_cli_agent(fake, extra):  # noqa: F811
+    from test_security import _proxy_request
+
+    fake.install("fake_agent.py", "agent")
+    body = {"model": "cli_deployment", "messages": user("q"), **extra}
+    with pytest.raises(litellm.BadRequestError) as info:
+        await litellm.acompletion(model="composite/composer-cli/composer-1", messages=user("q"),
+                                  proxy_server_request=_proxy_request(body), **extra)
+    assert next(iter(extra)) in str(info.value) and "allow_request_overrides" in str(info.value)
+    assert not fake.record.exists()  # nothing was started

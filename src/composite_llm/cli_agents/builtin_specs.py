@@ -1,8 +1,11 @@
 """Built-in specs: Cursor ``agent``, Claude Code, Codex and Gemini CLI.
 
-Flags and event shapes follow each CLI's documentation (see DESIGN.md §4); re-check ``--help`` of
-the installed version when something changes. Every built-in is read-only unless the settings
-say ``allow_writes: true``.
+Claude Code, Codex and Gemini CLI are checked against the real CLIs from npm (the versions in
+:mod:`.versions`; tests/test_cli_agents_real.py drives them through a LiteLLM proxy, and their captured
+event lines are fixtures in tests/fixtures/cli_agents/real/). Cursor's ``agent`` is not on npm: its
+spec follows its documentation. Every built-in is read-only unless the settings say
+``allow_writes: true``, keeps no session transcript unless they say ``keep_sessions: true``, and
+runs with telemetry and non-essential traffic off.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ CURSOR = CLISpec(
         "completion_tokens": ["usage.outputTokens"],
         "cached_tokens": ["usage.cacheReadTokens"],
         "reasoning_tokens": ["usage.reasoningTokens"],
+        "cache_write_tokens": ["usage.cacheWriteTokens"],
         "total_tokens": ["usage.totalTokens"],
     },
     session_id_paths=["session_id", "sessionId"],
@@ -69,6 +73,13 @@ CLAUDE = CLISpec(
     prompt_via="stdin",
     env_keys=["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"],
     env_passthrough=["ANTHROPIC_BASE_URL", "CLAUDE_CONFIG_DIR"],
+    default_env={"DISABLE_TELEMETRY": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                 "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1"},
+    no_session_args=["--no-session-persistence"],
+    # ~/.claude.json and ~/.claude/ (settings, backups, telemetry spool) move with CLAUDE_CONFIG_DIR.
+    state_env={"CLAUDE_CONFIG_DIR": "claude"},
+    base_url_env="ANTHROPIC_BASE_URL",
+    base_url_sources=["ANTHROPIC_BASE_URL"],
     output_format="stream-json",
     terminal_events=[{"type": "result"}],
     exit_on_result=True,
@@ -86,20 +97,28 @@ CLAUDE = CLISpec(
                           "usage.cache_creation_input_tokens"],
         "completion_tokens": ["usage.output_tokens"],
         "cached_tokens": ["usage.cache_read_input_tokens"],
+        "cache_write_tokens": ["usage.cache_creation_input_tokens"],
     },
     cost_usd_path="total_cost_usd",
+    # An API failure is a result with is_error and the API's status (400, 404, ...).
+    error_status_paths=["api_error_status"],
     session_id_paths=["session_id"],
 )
 
 # Codex: `codex exec --json -m M -s read-only --skip-git-repo-check -` (prompt on stdin, which
 # must close). Events: thread.started{thread_id}, item.completed{item{type:agent_message,text}},
+# item.completed{item{type:error,message}} (a warning, e.g. unknown model metadata),
 # turn.completed{usage} | turn.failed{error{message}}, error{message}. No result text: the answer
-# is the last agent message.
+# is the last agent message. Codex 0.17x ignores OPENAI_BASE_URL and its built-in provider sends
+# CODEX_API_KEY, not OPENAI_API_KEY: a base URL (settings or OPENAI_BASE_URL) becomes a provider of
+# its own through `-c` overrides, with the first key variable that is set as its env_key.
+# Error messages embed the API's error body ({"error": {"code": "400"}}): the status is read there.
 CODEX = CLISpec(
     name="codex",
     description="OpenAI Codex CLI (`codex exec --json`)",
     command=["codex"],
-    args=["exec", "--json", "--skip-git-repo-check"],
+    args=["exec", "--json", "--skip-git-repo-check", "-c", "analytics.enabled=false",
+          "-c", "check_for_update_on_startup=false"],
     model_args=["-m", "{model}"],
     read_only_args=["-s", "read-only"],
     write_args=["-s", "workspace-write"],
@@ -107,6 +126,14 @@ CODEX = CLISpec(
     prompt_via="stdin",
     env_keys=["OPENAI_API_KEY", "CODEX_API_KEY"],
     env_passthrough=["CODEX_HOME", "OPENAI_BASE_URL"],
+    no_session_args=["--ephemeral"],
+    # Analytics off, no update check (config keys of Codex 0.17x; unknown keys are ignored).
+    state_env={"CODEX_HOME": "codex"},
+    base_url_sources=["OPENAI_BASE_URL"],
+    base_url_args=["-c", "model_provider=composite", "-c", "model_providers.composite.name=composite",
+                   "-c", "model_providers.composite.base_url={base_url}",
+                   "-c", "model_providers.composite.env_key={key_env}",
+                   "-c", "model_providers.composite.wire_api=responses"],
     output_format="stream-json",
     terminal_events=[{"type": ["turn.completed", "turn.failed"]}],
     exit_on_result=True,
@@ -114,37 +141,53 @@ CODEX = CLISpec(
     message_events=[{"match": {"type": "item.completed", "item.type": "agent_message"}, "path": "item.text"}],
     message_join="last",
     error_when=[{"type": "turn.failed"}],
-    error_events=[{"type": "error"}],
-    error_message_paths=["error.message", "message", "error"],
-    # OpenAI usage: input_tokens includes the cached ones.
+    error_events=[{"type": "error"}, {"type": "item.completed", "item.type": "error"}],
+    error_message_paths=["error.message", "message", "item.message", "error"],
+    # OpenAI usage: input_tokens includes the cached ones (reads and writes).
     usage={
         "prompt_tokens": ["usage.input_tokens"],
         "completion_tokens": ["usage.output_tokens"],
         "cached_tokens": ["usage.cached_input_tokens"],
         "reasoning_tokens": ["usage.reasoning_output_tokens"],
+        "cache_write_tokens": ["usage.cache_write_input_tokens"],
     },
     session_id_paths=["thread_id"],
 )
 
-# Gemini CLI: `gemini -o stream-json -m M` with the prompt on stdin (headless when stdin is not
-# a TTY). Events: init{session_id}, message{role, content, delta}, tool_use, tool_result,
-# error (non-fatal), result{status, error?, stats}. The answer is the assistant deltas.
+# Gemini CLI: `gemini -o stream-json -m M --skip-trust` with the prompt on stdin (headless when
+# stdin is not a TTY). Every request runs in a fresh dir, which Gemini never trusts: without
+# --skip-trust it exits 55. Events: init{session_id}, message{role, content, delta}, tool_use,
+# tool_result, error (non-fatal), result{status, error?{type,message}, stats{input_tokens,
+# output_tokens, cached, total_tokens, ...}} (no answer text in stream-json: the answer is the
+# assistant deltas). The base URL is GOOGLE_GEMINI_BASE_URL; with an isolated state dir
+# (GEMINI_CLI_HOME) a settings file selects API-key auth and turns usage statistics off.
 GEMINI = CLISpec(
     name="gemini",
     description="Google Gemini CLI (`gemini -o stream-json`)",
     command=["gemini"],
-    args=["--output-format", "stream-json"],
+    args=["--output-format", "stream-json", "--skip-trust"],
     model_args=["--model", "{model}"],
     read_only_args=["--approval-mode", "default"],
     write_args=["--approval-mode", "auto_edit"],
     prompt_via="stdin",
     env_keys=["GEMINI_API_KEY", "GOOGLE_API_KEY"],
     env_passthrough=["GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_GENAI_USE_VERTEXAI",
-                     "GOOGLE_APPLICATION_CREDENTIALS"],
+                     "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_GEMINI_BASE_URL", "GEMINI_CLI_HOME"],
+    default_env={"GEMINI_TELEMETRY_ENABLED": "false"},
+    state_env={"GEMINI_CLI_HOME": "gemini"},
+    state_files={"gemini/.gemini/settings.json": {
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "privacy": {"usageStatisticsEnabled": False},
+        "telemetry": {"enabled": False},
+    }},
+    # Gemini has no switch against chat recording: in the user's home, this run's chat folder goes.
+    workspace_state_markers=[".gemini/tmp/*/.project_root", ".gemini/history/*/.project_root"],
+    base_url_env="GOOGLE_GEMINI_BASE_URL",
+    base_url_sources=["GOOGLE_GEMINI_BASE_URL"],
     output_format="stream-json",
     terminal_events=[{"type": "result"}],
     exit_on_result=True,
-    result_text_path="response",
+    result_text_path=None,
     delta_events=[{"match": {"type": "message", "role": "assistant"}, "path": "content"}],
     error_when=[{"type": "result", "status": "error"}],
     error_events=[{"type": "error"}],

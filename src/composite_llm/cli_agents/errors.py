@@ -77,10 +77,15 @@ class CLIExitError(CLIAgentError):
 
     status_code = 502
 
-    def __init__(self, message: str, *, is_error_result: bool = False, **kwargs: object) -> None:
+    def __init__(
+        self, message: str, *, is_error_result: bool = False, upstream_status: int | None = None, **kwargs: object
+    ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         #: True when the CLI itself reported the failure in its JSON output.
         self.is_error_result = is_error_result
+        #: The HTTP status the CLI's model API answered with (e.g. 400), when the CLI reports it:
+        #: an adapter answers with that status rather than a generic 502.
+        self.upstream_status = upstream_status
 
 
 class CLIOutputError(CLIAgentError):

@@ -24,8 +24,43 @@ def strip_ansi(text: str) -> str:
     return _ANSI_RE.sub("", text)
 
 
+def _as_status(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, (int, float)) and 100 <= int(value) <= 599:
+        return int(value)
+    return None
+
+
+def unwrap_api_error(message: str) -> tuple[str, int | None]:
+    """A message that embeds an API error body (Codex and Gemini print the raw response, e.g.
+    ``[API Error: {"error": {"message": "...", "code": "400"}}]``) -> (its inner message, status)."""
+    start, end = message.find("{"), message.rfind("}")
+    if start < 0 or end <= start:
+        return message, None
+    try:
+        doc = json.loads(message[start:end + 1])
+    except ValueError:
+        return message, None
+    if not isinstance(doc, dict):
+        return message, None
+    err = doc.get("error") if isinstance(doc.get("error"), dict) else doc
+    inner = err.get("message")
+    status = None
+    for key in ("code", "status", "status_code"):
+        status = _as_status(err.get(key))
+        if status is not None:
+            break
+    if not isinstance(inner, str) or not inner.strip():
+        return message, status
+    return inner.strip(), status
+
+
 def empty_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0,
+            "cache_write_tokens": 0}
 
 
 @dataclass
@@ -47,6 +82,8 @@ class ParsedOutput:
     plain_text: str
     #: Messages of non-terminal error events.
     error_events: list[str] = field(default_factory=list)
+    #: HTTP status of the upstream API error behind a failed run, when reported.
+    error_status: int | None = None
 
 
 class OutputParser:
@@ -146,7 +183,21 @@ class OutputParser:
         for path in self.spec.error_message_paths:
             value = resolve_path(event, path)
             if isinstance(value, str) and value.strip():
-                return value.strip()
+                return strip_ansi(unwrap_api_error(value.strip())[0])
+        return None
+
+    def _error_status(self, event: dict[str, Any]) -> int | None:
+        """The upstream status: a status field of the spec, else one embedded in the message."""
+        for path in self.spec.error_status_paths:
+            status = _as_status(resolve_path(event, path))
+            if status is not None:
+                return status
+        for path in self.spec.error_message_paths:
+            value = resolve_path(event, path)
+            if isinstance(value, str) and "{" in value:
+                status = unwrap_api_error(value)[1]
+                if status is not None:
+                    return status
         return None
 
     def _usage(self, event: dict[str, Any] | None) -> tuple[dict[str, int], bool]:
@@ -155,7 +206,8 @@ class OutputParser:
             return usage, False
         reported = False
         found_total = False
-        for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"):
+        for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cache_write_tokens",
+                    "total_tokens"):
             total = 0.0
             for path in getattr(self.spec.usage, key):
                 value = resolve_number(event, path)
@@ -198,6 +250,7 @@ class OutputParser:
         terminal = self.terminal
         is_error = terminal is not None and any(m.matches(terminal) for m in spec.error_when)
         error_message = self._error_message(terminal) if is_error and terminal is not None else None
+        error_status = self._error_status(terminal) if is_error and terminal is not None else None
         usage, reported = self._usage(terminal)
         cost = resolve_number(terminal, spec.cost_usd_path) if terminal is not None and spec.cost_usd_path else None
         if spec.output_format == "text":
@@ -216,4 +269,5 @@ class OutputParser:
             json_events=self.json_events,
             plain_text=plain,
             error_events=list(self._error_events),
+            error_status=error_status,
         )

@@ -21,24 +21,26 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import glob
 import json
 import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, Union
+from typing import Any, Literal, TextIO, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .builtin_specs import get_spec
 from .errors import CLIAgentError, CLIExitError, CLINotFoundError, CLIOutputError, CLISpecError, CLITimeoutError
-from .output import OutputParser, empty_usage
+from .output import OutputParser, empty_usage, strip_ansi
 from ..redact import Redactor, is_secret_name, secret_env_values
 from .serialize import serialize_messages
 from .spec import CLISpec, fill_placeholders
@@ -68,6 +70,10 @@ _EXIT_DRAIN_GRACE = 1.0
 _EXIT_POLL = 0.05
 #: Bound on waiting for the reaped leader and the stderr reader during cleanup.
 _REAP_TIMEOUT = 5.0
+#: The subreaper supervisor (stdlib only, run as a file: see its docstring).
+_SUPERVISOR = str(Path(__file__).with_name("_supervisor.py"))
+#: Exit status of the supervisor when it could not start the CLI.
+_SUPERVISOR_CANNOT_START = 127
 
 
 class CLISettings(BaseModel):
@@ -98,6 +104,21 @@ class CLISettings(BaseModel):
     kill_grace_seconds: float = Field(2.0, ge=0)
     #: After the terminal result event, how long the CLI may take to exit by itself.
     result_grace_seconds: float = Field(0.5, ge=0)
+    #: Keep the CLI's session transcripts (its own default). Off: the spec's no-persistence
+    #: switches are passed and its state dir is per request (see ``state_dir``), so no prompt
+    #: outlives the request.
+    keep_sessions: bool = False
+    #: Where the CLI keeps its state (config dir, transcripts, caches): ``request`` = a fresh dir
+    #: per request, removed afterwards; ``home`` = the CLI's usual place (a login made with the
+    #: CLI lives there); ``auto`` = ``request`` when one of the spec's key variables is set (key
+    #: auth needs no stored login) and sessions are not kept, else ``home``.
+    state_dir: Literal["auto", "request", "home"] = "auto"
+    #: The model API the CLI talks to (e.g. a LiteLLM proxy): set through the spec's base-URL
+    #: variable or config override. Default: the spec's ``base_url_sources`` variables.
+    cli_base_url: str | None = None
+    #: Run the CLI under a small supervisor that is a child subreaper (Linux), so descendants that
+    #: left the process group (``setsid``) are killed with it. Off: process-group kill only.
+    supervise: bool = True
 
     @field_validator("workspace", "io_log_path", mode="before")
     @classmethod
@@ -108,6 +129,13 @@ class CLISettings(BaseModel):
     @classmethod
     def _str_to_list(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("cli_base_url")
+    @classmethod
+    def _check_base_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {v!r}")
+        return v
 
     @field_validator("cli_command")
     @classmethod
@@ -132,7 +160,8 @@ class CLIResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str
-    #: prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens (0 if unknown).
+    #: prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens,
+    #: cache_write_tokens (0 if unknown).
     usage: dict[str, int] = Field(default_factory=empty_usage)
     #: True when the CLI reported any token count.
     usage_reported: bool = False
@@ -152,7 +181,7 @@ class CLIResult(BaseModel):
     cwd: str = ""
     #: Why reading stopped: "eof", "exit", "result" or "truncated".
     stop_reason: str = "eof"
-    #: Non-fatal problems: error events of the CLI, stdout that was not JSON.
+    #: Non-fatal problems: error events and error items of the CLI, stdout that was not JSON.
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -190,12 +219,32 @@ def _summarize(text: str, limit: int = _SUMMARY_CHARS) -> str:
     return "..." + text[-limit:]
 
 
-def build_env(spec: CLISpec, settings: CLISettings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: the allowlist, the spec's keys and passthrough, the settings'
-    passthrough — each only if set in ``environ`` (default ``os.environ``)."""
+def resolve_base_url(spec: CLISpec, settings: CLISettings, environ: Mapping[str, str] | None = None) -> str | None:
+    """The model API base URL for this run: the settings', else the first of the spec's
+    ``base_url_sources`` set in ``environ``; None = the CLI's own default endpoint."""
+    if settings.cli_base_url:
+        return settings.cli_base_url
     env_in = os.environ if environ is None else environ
-    names = [*BASE_ENV_ALLOWLIST, *spec.env_keys, *spec.env_passthrough, *settings.env_passthrough]
-    return {name: env_in[name] for name in dict.fromkeys(names) if name in env_in}
+    for name in spec.base_url_sources:
+        if env_in.get(name):
+            return env_in[name]
+    return None
+
+
+def build_env(
+    spec: CLISpec, settings: CLISettings, environ: Mapping[str, str] | None = None, *, base_url: str | None = None
+) -> dict[str, str]:
+    """The child's environment: the spec's ``default_env`` (telemetry off), then the allowlist,
+    the spec's keys, passthrough and default names, the settings' passthrough — each only if set in
+    ``environ`` (default ``os.environ``) — then the base URL in the variable the CLI reads."""
+    env_in = os.environ if environ is None else environ
+    names = [*BASE_ENV_ALLOWLIST, *spec.env_keys, *spec.env_passthrough, *spec.default_env,
+             *settings.env_passthrough]
+    env = dict(spec.default_env)
+    env.update({name: env_in[name] for name in dict.fromkeys(names) if name in env_in})
+    if base_url and spec.base_url_env:
+        env[spec.base_url_env] = base_url
+    return env
 
 
 def _resolve_command(spec: CLISpec, settings: CLISettings, path_env: str) -> list[str]:
@@ -230,9 +279,13 @@ def build_argv(
     streaming: bool,
     workspace: str,
     prompt_file: str | None = None,
+    base_url: str | None = None,
+    key_env: str = "",
 ) -> list[str]:
-    """argv = command + args + model_args + stream_args + mode args + extra_args + trailing_args."""
-    values = {"model": model or "", "workspace": workspace, "prompt_file": prompt_file or ""}
+    """argv = command + args + model_args + stream_args + mode args + no-session args (unless
+    sessions are kept) + base-URL args (when a base URL is known) + extra_args + trailing_args."""
+    values = {"model": model or "", "workspace": workspace, "prompt_file": prompt_file or "",
+              "base_url": base_url or "", "key_env": key_env}
 
     def fill(args: Sequence[str]) -> list[str]:
         return [fill_placeholders(a, values) for a in args]
@@ -243,6 +296,10 @@ def build_argv(
     if streaming:
         argv += fill(spec.stream_args)
     argv += fill(spec.write_args if settings.allow_writes else spec.read_only_args)
+    if not settings.keep_sessions:
+        argv += fill(spec.no_session_args)
+    if base_url:
+        argv += fill(spec.base_url_args)
     argv += fill(settings.extra_args)
     argv += fill(spec.trailing_args)
     return argv
@@ -308,7 +365,8 @@ class _Run:
             total = min(total, requested)
         self.total_timeout = total
         self.idle_timeout = min(settings.idle_timeout_seconds, total)
-        self.env = build_env(self.spec, settings)
+        self.base_url = resolve_base_url(self.spec, settings)
+        self.env = build_env(self.spec, settings, base_url=self.base_url)
         secret_names = [*self.spec.env_keys, *(n for n in settings.env_passthrough if is_secret_name(n))]
         self.redact = Redactor(secret_env_values(secret_names))
         self.parser = OutputParser(self.spec, streaming=streaming)
@@ -321,6 +379,10 @@ class _Run:
         self.argv: list[str] = []
         self.workspace = ""
         self._own_workspace = False
+        #: Per-request private dir: the CLI's TMPDIR and, when isolated, its state dirs.
+        self.state_root = ""
+        self.state_isolated = False
+        self._supervised = False
         self._prompt_file: str | None = None
         self.log: _IOLog | None = None
         self.started = 0.0
@@ -338,7 +400,7 @@ class _Run:
         return [self.redact(a) for a in self.argv]
 
     def stderr_tail(self) -> str:
-        text = self._stderr_tail.decode("utf-8", "replace")
+        text = strip_ansi(self._stderr_tail.decode("utf-8", "replace"))
         return self.redact(text[-_TAIL_CHARS:].strip())
 
     def _error_kwargs(self) -> dict[str, Any]:
@@ -365,14 +427,16 @@ class _Run:
         else:
             self.workspace = os.path.realpath(tempfile.mkdtemp(prefix="composite-llm-cli-"))
             self._own_workspace = True
+        self._prepare_state()
         if spec.prompt_via == "file":
             fd, path = tempfile.mkstemp(prefix="composite-llm-prompt-", suffix=".txt")
             self._prompt_file = path
             with os.fdopen(fd, "wb") as fh:
                 fh.write(self.prompt.encode("utf-8"))
+        key_env = next((name for name in spec.env_keys if self.env.get(name)), "")
         self.argv = build_argv(
             spec, settings, command=command, model=self.model, streaming=self.streaming,
-            workspace=self.workspace, prompt_file=self._prompt_file,
+            workspace=self.workspace, prompt_file=self._prompt_file, base_url=self.base_url, key_env=key_env,
         )
         if settings.io_log_path:
             self.log = _IOLog(settings.io_log_path, self.redact, self.run_id)
@@ -382,11 +446,65 @@ class _Run:
                 timeout_s=self.total_timeout, idle_timeout_s=self.idle_timeout,
             )
 
+    def _isolate_state(self) -> bool:
+        mode = self.settings.state_dir
+        if mode == "auto":
+            return not self.settings.keep_sessions and any(self.env.get(k) for k in self.spec.env_keys)
+        return mode == "request"
+
+    def _prepare_state(self) -> None:
+        """A private per-request dir: the CLI's TMPDIR (Gemini writes its error reports there) and,
+        when the state is isolated, its config/state dirs and generated settings files."""
+        self.state_root = os.path.realpath(tempfile.mkdtemp(prefix="composite-llm-cli-state-"))
+        tmp = os.path.join(self.state_root, "tmp")
+        os.mkdir(tmp, 0o700)
+        self.env["TMPDIR"] = tmp
+        self.state_isolated = self._isolate_state()
+        if not self.state_isolated:
+            return
+        for var, sub in self.spec.state_env.items():
+            folder = os.path.join(self.state_root, sub)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            self.env[var] = folder
+        for rel, doc in self.spec.state_files.items():
+            path = os.path.join(self.state_root, rel)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=2)
+
+    def _remove_workspace_state(self) -> None:
+        """In the user's home, remove the folders the CLI keyed to this run's temp workspace (their
+        marker file names it): its transcript of this request, nothing else."""
+        spec = self.spec
+        if self.state_isolated or self.settings.keep_sessions or not spec.workspace_state_markers:
+            return
+        base = next((self.env[v] for v in spec.state_env if self.env.get(v)), None) or self.env.get("HOME")
+        if not base:
+            return
+        for pattern in spec.workspace_state_markers:
+            for marker in glob.glob(os.path.join(glob.escape(base), pattern)):
+                try:
+                    with open(marker, encoding="utf-8") as fh:
+                        owner = fh.read(4096).strip()
+                except OSError:
+                    continue
+                if owner and os.path.realpath(owner) == self.workspace:
+                    shutil.rmtree(os.path.dirname(marker), ignore_errors=True)
+
+    def _spawn_argv(self) -> list[str]:
+        """The CLI's argv, under the subreaper supervisor where it can run (Linux, a Python)."""
+        if self.settings.supervise and sys.platform.startswith("linux") and sys.executable:
+            self._supervised = True
+            grace = self.settings.kill_grace_seconds / 2
+            return [sys.executable, "-I", "-S", _SUPERVISOR, f"{grace:g}", str(os.getpid()), "--", *self.argv]
+        return list(self.argv)
+
     async def _spawn(self) -> None:
         stdin = asyncio.subprocess.PIPE if self.spec.prompt_via == "stdin" else asyncio.subprocess.DEVNULL
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *self._spawn_argv(),
                 stdin=stdin,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -627,6 +745,9 @@ class _Run:
                     os.unlink(self._prompt_file)
             if self._own_workspace and self.workspace:
                 shutil.rmtree(self.workspace, ignore_errors=True)
+                self._remove_workspace_state()
+            if self.state_root:
+                shutil.rmtree(self.state_root, ignore_errors=True)
             self.duration_s = round(time.monotonic() - self.started, 3)
             if error is not None and self.log is not None:
                 self._log_end(error)
@@ -654,16 +775,25 @@ class _Run:
         parsed = self.parser.finish(raw)
         exit_code = self.proc.returncode if self.proc is not None else None
         kwargs = self._error_kwargs()
+        if (self._supervised and exit_code == _SUPERVISOR_CANNOT_START and not parsed.json_events
+                and kwargs["stderr_tail"].startswith("cannot start")):
+            raise CLINotFoundError(
+                f"{spec.name} CLI could not be started: {kwargs['stderr_tail']}",
+                candidates=[self.argv[0]], spec_name=spec.name, argv=kwargs["argv"],
+            )
+        # Output cut at the cap after the terminal event is a complete answer, not a truncated one.
+        truncated = self.truncated and not parsed.terminal_seen
         warnings = [self.redact(_summarize(m, 300)) for m in parsed.error_events]
         if spec.output_format != "text" and parsed.plain_text and parsed.json_events:
             warnings.append("non-JSON output: " + self.redact(_summarize(parsed.plain_text, 300)))
 
         if parsed.is_error:
             message = parsed.error_message or "; ".join(parsed.error_events) or "no error message"
+            status = f"upstream status {parsed.error_status}, " if parsed.error_status else ""
             raise CLIExitError(
                 f"{spec.name} CLI reported an error: {self.redact(_summarize(message))} "
-                f"(exit code {exit_code}){self._stderr_part()}",
-                is_error_result=True, **kwargs,
+                f"({status}exit code {exit_code}){self._stderr_part()}",
+                is_error_result=True, upstream_status=parsed.error_status, **kwargs,
             )
 
         def exit_error() -> CLIExitError:
@@ -673,10 +803,18 @@ class _Run:
                 f"{spec.name} CLI exited with code {exit_code}{self._stderr_part()}{out}", **kwargs
             )
 
+        def cut_error() -> CLIOutputError:
+            return CLIOutputError(
+                f"{spec.name} CLI output exceeded max_output_bytes ({self.settings.max_output_bytes}) "
+                f"before any answer text{self._stderr_part()}", **kwargs,
+            )
+
         text: str
         if spec.output_format == "text":
-            if self.truncated:
-                text = parsed.text or ""
+            if truncated:
+                if not parsed.text:
+                    raise cut_error()
+                text = parsed.text
             elif exit_code != 0:
                 raise exit_error()
             elif not parsed.text:
@@ -685,8 +823,12 @@ class _Run:
                 text = parsed.text
         elif parsed.terminal_seen:
             text = parsed.text or ""
-        elif self.truncated:
-            text = parsed.text if parsed.text is not None else parsed.plain_text
+        elif truncated:
+            # Only text the CLI's own events carried is an answer; bytes that never formed an event
+            # (50 MB without a newline) or non-JSON noise are not.
+            if not parsed.text:
+                raise cut_error()
+            text = parsed.text
         elif exit_code == 0:
             if parsed.text is not None:
                 text = parsed.text
@@ -711,7 +853,7 @@ class _Run:
             session_id=parsed.session_id,
             duration_s=self.duration_s,
             exit_code=exit_code,
-            truncated=self.truncated,
+            truncated=truncated,
             stderr_tail=kwargs["stderr_tail"],
             argv=kwargs["argv"],
             spec_name=spec.name,

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Placeholders allowed inside argv templates.
-PLACEHOLDERS = frozenset({"model", "prompt_file", "workspace"})
+PLACEHOLDERS = frozenset({"model", "prompt_file", "workspace", "base_url", "key_env"})
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_PART_RE = re.compile(r"^([^\[\]]*)((?:\[-?\d*\])*)$")
 _INDEX_RE = re.compile(r"\[(-?\d*)\]")
@@ -202,6 +202,8 @@ class UsagePaths(BaseModel):
     completion_tokens: list[str] = Field(default_factory=list)
     cached_tokens: list[str] = Field(default_factory=list)
     reasoning_tokens: list[str] = Field(default_factory=list)
+    #: Prompt tokens written to the provider's cache (a subset of prompt_tokens, like cached_tokens).
+    cache_write_tokens: list[str] = Field(default_factory=list)
     total_tokens: list[str] = Field(default_factory=list)
 
     @field_validator("*", mode="before")
@@ -245,6 +247,29 @@ class CLISpec(BaseModel):
     env_keys: list[str] = Field(default_factory=list)
     #: Non-secret variables the CLI needs (config dirs, base URLs): passed through.
     env_passthrough: list[str] = Field(default_factory=list)
+    #: Variables set for the child unless the parent environment sets them (then the parent's value
+    #: passes through): telemetry and non-essential traffic off.
+    default_env: dict[str, str] = Field(default_factory=dict)
+    #: Added unless the settings say ``keep_sessions: true`` (the CLI's no-transcript switches).
+    no_session_args: list[str] = Field(default_factory=list)
+    #: Variables naming the CLI's state/config dir, pointed into the per-request state dir (a
+    #: subfolder named by the value) when the state is isolated (see ``CLISettings.state_dir``).
+    state_env: dict[str, str] = Field(default_factory=dict)
+    #: Files written into the per-request state dir before the run (path relative to it -> JSON
+    #: document), e.g. a settings file that selects API-key auth and turns statistics off.
+    state_files: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: When the CLI keeps its state in the user's home (``state_dir: home``) and sessions are not kept:
+    #: globs (relative to the dir named by the first ``state_env`` variable that is set, else HOME) of
+    #: marker files holding a project path; a marker naming this run's temp workspace has its folder
+    #: removed after the run (Gemini writes each chat under ``.gemini/tmp/<slug>/`` with such a marker).
+    workspace_state_markers: list[str] = Field(default_factory=list)
+    #: The variable the CLI reads its API base URL from; set from ``CLISettings.cli_base_url``.
+    base_url_env: str | None = None
+    #: Parent variables a base URL is taken from when the settings give none (first set wins).
+    base_url_sources: list[str] = Field(default_factory=list)
+    #: argv added when a base URL is known (``{base_url}``; ``{key_env}`` = the first of
+    #: ``env_keys`` set in the environment), for CLIs that take it as a config override.
+    base_url_args: list[str] = Field(default_factory=list)
 
     # --- how to read it --------------------------------------------------------------------
     output_format: Literal["json", "stream-json", "text"] = "stream-json"
@@ -266,6 +291,10 @@ class CLISpec(BaseModel):
     error_events: list[EventMatch] = Field(default_factory=list)
     #: Where an error message is, in the terminal or error event (first string found wins).
     error_message_paths: list[str] = Field(default_factory=lambda: ["error.message", "error", "message", "result"])
+    #: Where the upstream HTTP status of a failed run is, in the terminal event (e.g. Claude's
+    #: ``api_error_status``). A message that embeds an API error body (``{"error": {"code": 400}}``)
+    #: is read as well.
+    error_status_paths: list[str] = Field(default_factory=list)
     usage: UsagePaths = Field(default_factory=UsagePaths)
     #: Path of the cost in USD inside the terminal event.
     cost_usd_path: str | None = None
@@ -274,7 +303,8 @@ class CLISpec(BaseModel):
 
     @field_validator(
         "command", "args", "model_args", "stream_args", "read_only_args", "write_args", "trailing_args",
-        "env_keys", "env_passthrough", "error_message_paths", "session_id_paths",
+        "env_keys", "env_passthrough", "error_message_paths", "session_id_paths", "no_session_args",
+        "base_url_sources", "base_url_args", "error_status_paths", "workspace_state_markers",
         mode="before",
     )
     @classmethod
@@ -299,7 +329,8 @@ class CLISpec(BaseModel):
                 raise ValueError(f"bad executable name {c!r}")
         return v
 
-    @field_validator("args", "model_args", "stream_args", "read_only_args", "write_args", "trailing_args")
+    @field_validator("args", "model_args", "stream_args", "read_only_args", "write_args", "trailing_args",
+                     "no_session_args", "base_url_args")
     @classmethod
     def _check_placeholders(cls, v: list[str]) -> list[str]:
         for arg in v:
@@ -319,17 +350,26 @@ class CLISpec(BaseModel):
             _parse_path(v)
         return v
 
-    @field_validator("error_message_paths", "session_id_paths")
+    @field_validator("error_message_paths", "session_id_paths", "error_status_paths")
     @classmethod
     def _check_paths(cls, v: list[str]) -> list[str]:
         for path in v:
             _parse_path(path)
         return v
 
+    @field_validator("state_env", "state_files")
+    @classmethod
+    def _check_relative(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            rel = value if isinstance(value, str) else key
+            if not rel or rel.startswith(("/", "~")) or ".." in rel.replace("\\", "/").split("/"):
+                raise ValueError(f"state path {rel!r} must stay inside the per-request state dir")
+        return v
+
     @model_validator(mode="after")
     def _check_prompt_file(self) -> CLISpec:
         all_args = [*self.args, *self.model_args, *self.stream_args, *self.read_only_args,
-                    *self.write_args, *self.trailing_args]
+                    *self.write_args, *self.trailing_args, *self.no_session_args, *self.base_url_args]
         uses_file = any("{prompt_file}" in a for a in all_args)
         if self.prompt_via == "file" and not uses_file:
             raise ValueError("prompt_via='file' needs a '{prompt_file}' placeholder in args")

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from .. import errors
 from ..cli_agents import (
     CLIAgentError,
+    CLIExitError,
     CLINotFoundError,
     CLIResult,
     CLISettings,
@@ -68,7 +69,21 @@ def _as_litellm_error(exc: CLIAgentError, model: str) -> Exception:
         return errors.unavailable(str(exc), model)
     if isinstance(exc, CLITimeoutError):
         return errors.timed_out(str(exc), model)
+    # The CLI's model API refused the request (e.g. 400 context too long): the client gets that
+    # status with the CLI's message, not a generic 502.
+    upstream = exc.upstream_status if isinstance(exc, CLIExitError) else None
+    if upstream == 400:
+        return errors.bad_request(str(exc), model)
+    if upstream == 429:
+        return errors.rate_limited(str(exc), model)
+    if upstream is not None and 400 <= upstream < 600:
+        return errors.upstream_failed(str(exc), model, upstream)
     return errors.upstream_failed(str(exc), model, getattr(exc, "status_code", 502) or 502)
+
+
+def finish_reason_of(result: CLIResult) -> str:
+    """``length`` when the answer was cut at ``max_output_bytes`` (a trace note says so), else ``stop``."""
+    return "length" if result.truncated else "stop"
 
 
 class _CLIRunner:
@@ -94,9 +109,13 @@ class _CLIRunner:
         record.preview = preview(result.text)
         record.extra.update({"argv": result.argv, "exit_code": result.exit_code, "session_id": result.session_id,
                              "truncated": result.truncated, "stop_reason": result.stop_reason,
-                             "usage_reported": result.usage_reported, "warnings": result.warnings})
+                             "usage_reported": result.usage_reported, "warnings": result.warnings,
+                             "cache_write_tokens": usage.get("cache_write_tokens", 0)})
         if result.truncated:
-            ctx.trace.notes.append(f"CLI output truncated at {self.topology.settings.max_output_bytes} bytes")
+            ctx.trace.notes.append(f"CLI output truncated at {self.topology.settings.max_output_bytes} bytes: "
+                                   "the answer is cut (finish_reason length)")
+        for warning in result.warnings:
+            ctx.trace.notes.append(f"{self.spec.name} CLI warning: {warning}")
         ctx.add_record(record)
 
     def _fail(self, ctx: RunContext, record: SubCallRecord, exc: BaseException, started: float) -> None:
@@ -118,12 +137,13 @@ class _CLIRunner:
             raise
         self._finish(ctx, record, result, started)
         call = PlannedCall(node=NodeConfig(model=record.model), role=ROLE, stage=STAGE, model=record.model, params={})
-        return MemberResult(call=call, record=record, text=result.text, finish_reason="stop")
+        return MemberResult(call=call, record=record, text=result.text, finish_reason=finish_reason_of(result))
 
     async def stream(self, ctx: RunContext) -> AsyncIterator[StreamPiece]:
         record, started = self._record(ctx), time.monotonic()
         events = stream_cli_agent(self.spec, self.topology.model, self.messages, self.topology.settings,
                                   timeout=ctx.remaining())
+        finish = "stop"
         try:
             async with aclosing(events):
                 async for event in events:
@@ -132,13 +152,14 @@ class _CLIRunner:
                             yield StreamPiece(content=event.text)
                     else:
                         self._finish(ctx, record, event, started)
+                        finish = finish_reason_of(event)
         except CLIAgentError as exc:
             self._fail(ctx, record, exc, started)
             raise _as_litellm_error(exc, ctx.trace.model) from None
         except BaseException as exc:
             self._fail(ctx, record, exc, started)
             raise
-        yield StreamPiece(finish_reason="stop")
+        yield StreamPiece(finish_reason=finish)
 
 
 class ComposerCLIStrategy:
