@@ -69,10 +69,9 @@ def _config(fake_base_url: str) -> dict[str, Any]:
     node = lambda model: {"model": f"openai/{model}", "provider": "fake"}  # noqa: E731
     return {
         "model_list": [
-            # Claude Code's Messages request carries `prompt_cache_key` after LiteLLM's conversion: a composite
-            # refuses unknown parameters, so the deployment drops it.
-            {"model_name": "brain", "litellm_params": {"model": "composite/profile/brain", "num_retries": 0,
-                                                       "additional_drop_params": ["prompt_cache_key"]}},
+            # Claude Code's Messages request carries `prompt_cache_key` after LiteLLM's conversion: the composite
+            # accepts it as a hint (not forwarded), so the deployment needs nothing more.
+            {"model_name": "brain", "litellm_params": {"model": "composite/profile/brain", "num_retries": 0}},
             # The offline SmolLM2 (llama.cpp in the proxy process).
             {"model_name": "smollm2", "litellm_params": {"model": "local/smollm2-135m",
                                                          "additional_drop_params": ["prompt_cache_key"]}},

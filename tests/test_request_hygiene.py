@@ -207,6 +207,17 @@ def test_logprobs_false_is_accepted(server, call_kwargs):
     assert len(server.requests) == 3
 
 
+def test_prompt_cache_key_is_accepted_and_not_forwarded(server, call_kwargs):
+    """LiteLLM's Anthropic Messages conversion adds `prompt_cache_key` (Claude Code through the proxy): a hint
+    the composite takes without refusing the request or passing it to members of other providers."""
+    _script(server)
+    response = litellm.completion(model=MOA, messages=user("q"), proposers=PROPOSERS,
+                                  prompt_cache_key="claude-code-session", **call_kwargs)
+    assert response.choices[0].message.content == "agg says four"
+    assert len(server.requests) == 3
+    assert all("prompt_cache_key" not in r.body for r in server.requests)
+
+
 def test_input_over_the_cap_is_refused_before_any_sub_call(server, explicit_profiles):
     explicit_profiles({"max_input_bytes": 10_000, "profiles": {"small": {"strategy": "moa", "topology": {
         "aggregator": {"model": "openai/agg", "params": {"api_base": server.base_url, "api_key": API_KEY}},

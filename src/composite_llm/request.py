@@ -47,6 +47,10 @@ FINAL_PARAMS = frozenset({
 # `max_retries`: the LiteLLM Router sends max_retries=0 with every call (so every proxy request carries it);
 # sub-call retries are the engine's own (settings.retries).
 TRANSPORT_PARAMS = frozenset({"stream", "stream_options", "n", "max_retries"})
+# Provider-side hints that change no answer, accepted and not forwarded: members are of many providers,
+# most of which refuse them. `prompt_cache_key` is what LiteLLM's Anthropic Messages -> chat conversion adds
+# to every request (Claude Code pointed at a composite through the proxy sends it).
+DROPPED_HINTS = frozenset({"prompt_cache_key", "prompt_cache_retention"})
 # Accepted only when off: a composite answer has no token log-probabilities to return (the final text may
 # come from a vote, a CLI agent or a stream of several models), and silently dropping them would lie.
 REFUSED_WHEN_SET = ("logprobs", "top_logprobs")
@@ -166,7 +170,7 @@ def build_request(
                                    f"{type(inline['settings']).__name__}")
     shared = {k: params.pop(k) for k in list(params) if k in MEMBER_PARAMS}
     final = {k: params.pop(k) for k in list(params) if k in FINAL_PARAMS}
-    for key in (*TRANSPORT_PARAMS, *REFUSED_WHEN_SET):  # the refused ones are off here (checked above)
+    for key in (*TRANSPORT_PARAMS, *DROPPED_HINTS, *REFUSED_WHEN_SET):  # the refused ones are off here
         params.pop(key, None)
     if params:
         accepted = sorted(strategy.inline_keys | MEMBER_PARAMS | FINAL_PARAMS)
