@@ -240,3 +240,31 @@ async def test_a_composite_group_is_a_usable_member(server, use_router):
 def test_register_rejects_something_that_is_not_a_router():
     with pytest.raises(CompositeConfigError, match="litellm.Router"):
         composite_llm.register(router="gpt-4o")
+
+
+def test_proxy_usage_shows_the_tested_router_config_verbatim():
+    """PROXY_USAGE.md section 9 is a copy of litellm_proxy.router.example.yaml, which the scale-out test
+    boots; the two must not drift apart."""
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "PROXY_USAGE.md").read_text()
+    section = text[text.index("## 9. Members through the proxy's Router"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):]
+    block = block[:block.index("\n```")]
+    config_text = (repo / "litellm_proxy.router.example.yaml").read_text()
+    assert block.strip() == config_text.strip()
+    config = yaml.safe_load(config_text)
+    from composite_llm.profiles import load_proxy_block
+
+    groups = {d["model_name"] for d in config["model_list"]}
+    router = litellm.Router(model_list=[{"model_name": g, "litellm_params": {"model": "openai/x", "api_key": "k"}}
+                                        for g in groups])
+    router_members.set_router(router)
+    try:  # every router/ node of the shipped block names a group of the shipped model_list
+        assert sorted(load_proxy_block(config["general_settings"]["composite_llm"]).profiles) == [
+            "council_groups", "moa_groups"]
+    finally:
+        router_members.set_router(None)
