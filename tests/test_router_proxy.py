@@ -367,5 +367,7 @@ def test_killing_one_instance_mid_load_loses_no_request(fleet, upstream):  # las
     assert all(r is not None and r.status_code == 200 for _, r in results), results
     served = Counter(name for name, _ in results)
     print(f"served by instance: {dict(served)}; failed over from the killed instance: {sorted(failovers)}")
-    assert failovers, "no request was in flight on `a` when it was killed"
+    # requests 0, 2 and 4 went to `a` before the kill (at the 7th send) and need >= 0.6 s (two 0.3 s stages):
+    # at least one was cut in flight and answered by `b`; later ones found `a` gone
+    assert any(index < 6 for index in failovers), failovers
     assert served["b"] >= 13 and served["a"] + served["b"] == 16, served
