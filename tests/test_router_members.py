@@ -268,3 +268,18 @@ def test_proxy_usage_shows_the_tested_router_config_verbatim():
             "council_groups", "moa_groups"]
     finally:
         router_members.set_router(None)
+
+
+async def test_request_api_base_and_key_do_not_override_a_router_deployment(server, use_router):
+    """The composite request's api_base/api_key are defaults for direct members only: a router member goes to
+    its deployment with the deployment's own credentials (the request's would otherwise win in the Router)."""
+    for name in ("d1", "agg"):
+        server.set_model(name, reply=f"{name} says 4")
+    use_router([_deployment("pool", "d1", server.base_url)],
+               _profiles(mixed={"aggregator": "openai/agg", "proposers": ["router/pool"], "settings": {"retries": 0}}),
+               num_retries=0)
+    response = await litellm.acompletion(model="composite/profile/mixed", messages=_user(), api_base=server.base_url,
+                                         api_key="sk-request-key")
+    assert response.choices[0].message.content == "agg says 4"
+    assert server.requests_for("d1")[0].headers["Authorization"] == "Bearer sk-fake-router"
+    assert server.requests_for("agg")[0].headers["Authorization"] == "Bearer sk-request-key"

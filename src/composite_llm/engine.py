@@ -186,7 +186,8 @@ class RunContext:
                 raise CompositeConfigError(f"unknown provider bundle {node.provider!r} in {where} (known: {known})")
             params.update(resolve_env_refs(bundle.litellm_params, where))
         params.update(resolve_env_refs(node.params, where))
-        for key, value in self.defaults.items():
+        # The request's api_base/api_key are defaults for direct calls; a Router member's deployment has its own.
+        for key, value in ({} if router_members.is_router_model(node.model) else self.defaults).items():
             params.setdefault(key, value)
         params.pop("model", None)
         if node.is_composite:
