@@ -62,8 +62,8 @@ demo-qwen: $(VENV)/.installed-local
 	$(PY) demo.py
 
 # The Router/Redis scale-out tests (tests/test_router_proxy.py) start their own redis-server on a free
-# loopback port; this target only makes sure the binary exists (Debian's package; nothing is started or
-# enabled as a service).
+# loopback port; this target only makes sure the binary exists (Debian's package; the target starts
+# nothing, though on a host with systemd the package enables its own service, which the tests never use).
 redis-server:
 	@if command -v redis-server >/dev/null 2>&1; then \
 		echo "redis-server: $$(command -v redis-server) (already installed)"; \
