@@ -283,3 +283,28 @@ async def test_request_api_base_and_key_do_not_override_a_router_deployment(serv
     assert response.choices[0].message.content == "agg says 4"
     assert server.requests_for("d1")[0].headers["Authorization"] == "Bearer sk-fake-router"
     assert server.requests_for("agg")[0].headers["Authorization"] == "Bearer sk-request-key"
+
+
+async def test_cancelling_the_caller_cancels_router_members(server, use_router):
+    """Cancellation reaches sub-calls inside the Router: the deployments see the disconnects, the
+    aggregator is never called."""
+    import time
+
+    for name in ("d1", "d2"):
+        server.set_model(name, latency_s=30)
+    use_router([_deployment("pool", "d1", server.base_url), _deployment("pool", "d2", server.base_url),
+                _deployment("final", "agg", server.base_url)],
+               _profiles(pooled={"aggregator": "router/final", "proposers": ["router/pool"] * 3}), num_retries=0)
+    task = asyncio.ensure_future(litellm.acompletion(model="composite/profile/pooled", messages=_user()))
+    deadline = time.monotonic() + 5
+    while len(server.requests) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(server.requests) == 3
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while any(r.finished is None for r in server.requests) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert all(r.finished is not None for r in server.requests)
+    assert not server.requests_for("agg")
