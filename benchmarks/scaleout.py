@@ -32,6 +32,7 @@ import common as C  # noqa: E402
 LATENCY_S = 0.2
 MODELS = ("fast-a", "fast-b", "smart", "judge", "plain")
 CONFIG = C.ROOT / "litellm_proxy.router.example.yaml"
+BLOCKS = 3  # each row is measured in this many blocks, alternating with the other rows
 VARIANTS = (("one proxy, 1 worker", 1, 1), ("one proxy, 2 workers", 1, 2), ("two proxies + Redis, 1 worker each", 2, 1))
 
 
@@ -185,18 +186,23 @@ async def closed_loop(instances: Sequence[Instance], key: str, model: str, in_fl
     return {"completed": len(latencies), "errors": errors, "wall_s": wall, "latencies": latencies}
 
 
-def measure(instances: Sequence[Instance], key: str, model: str, in_flight: int, seconds: float) -> dict[str, Any]:
-    asyncio.run(closed_loop(instances, key, model, in_flight, min(3.0, seconds)))  # warm every worker's clients
+def measure_block(instances: Sequence[Instance], key: str, model: str, in_flight: int, seconds: float) -> dict[str, Any]:
+    """One closed-loop block with the proxies' CPU (every process of their groups) around it."""
     cpu_before = sum(group_cpu_s(i.process.pid) for i in instances)
-    result = asyncio.run(closed_loop(instances, key, model, in_flight, seconds))
-    cpu = sum(group_cpu_s(i.process.pid) for i in instances) - cpu_before
-    result.update(rps=result["completed"] / result["wall_s"], cpu_ms_per_request=1000 * cpu / max(result["completed"], 1),
-                  p50_ms=1000 * C.percentile(result["latencies"], 50) if result["latencies"] else float("nan"),
-                  p99_ms=1000 * C.percentile(result["latencies"], 99) if result["latencies"] else float("nan"),
-                  rss_mb=sum(group_rss_mb(i.process.pid) for i in instances))
-    result["error_count"] = len(result.pop("errors"))
-    result.pop("latencies")
-    return result
+    block = asyncio.run(closed_loop(instances, key, model, in_flight, seconds))
+    block["cpu_s"] = sum(group_cpu_s(i.process.pid) for i in instances) - cpu_before
+    return block
+
+
+def summarize_row(blocks: list[dict[str, Any]], instances: Sequence[Instance]) -> dict[str, Any]:
+    latencies = [x for b in blocks for x in b["latencies"]]
+    completed = sum(b["completed"] for b in blocks)
+    wall = sum(b["wall_s"] for b in blocks)
+    return {"completed": completed, "wall_s": wall, "rps": completed / wall,
+            "cpu_ms_per_request": 1000 * sum(b["cpu_s"] for b in blocks) / max(completed, 1),
+            "p50_ms": 1000 * C.percentile(latencies, 50), "p99_ms": 1000 * C.percentile(latencies, 99),
+            "rss_mb": sum(group_rss_mb(i.process.pid) for i in instances),
+            "error_count": sum(len(b["errors"]) for b in blocks)}
 
 
 def fleet_config(base_url: str) -> dict[str, Any]:
@@ -229,17 +235,30 @@ def run(seconds: float, in_flight: int, variants: Sequence[tuple[str, int, int]]
                        LITELLM_LOG="ERROR", UPSTREAM_API_BASE=backend.base_url, UPSTREAM_API_KEY=C.API_KEY,
                        REDIS_HOST="127.0.0.1", REDIS_PORT=str(redis_server.port),
                        PYTHONPATH=os.pathsep.join(p for p in (str(C.ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
-            for label, count, workers in variants:
-                instances = [Instance(work / "config.yaml", work, env, workers) for _ in range(count)]
-                try:
-                    boot = max(i.wait_ready() for i in instances)
+            # Every fleet runs at once (idle ones cost next to nothing) and the measurement alternates between
+            # them in short blocks, so the drift of a shared machine hits every variant alike.
+            fleets = {label: [Instance(work / "config.yaml", work, env, workers) for _ in range(count)]
+                      for label, count, workers in variants}
+            try:
+                boots = {label: max(i.wait_ready() for i in instances) for label, instances in fleets.items()}
+                for label, instances in fleets.items():  # warm every worker's clients
                     for model in ("moa_groups", "plain"):
-                        row = measure(instances, key, model, in_flight, seconds)
-                        row.update(variant=label, instances=count, workers=workers, model=model, boot_s=boot)
+                        asyncio.run(closed_loop(instances, key, model, in_flight, 2.0))
+                blocks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+                for _ in range(BLOCKS):
+                    for label, instances in fleets.items():
+                        for model in ("moa_groups", "plain"):
+                            blocks.setdefault((label, model), []).append(
+                                measure_block(instances, key, model, in_flight, seconds / BLOCKS))
+                for label, count, workers in variants:
+                    for model in ("moa_groups", "plain"):
+                        row = summarize_row(blocks[(label, model)], fleets[label])
+                        row.update(variant=label, instances=count, workers=workers, model=model, boot_s=boots[label])
                         results["rows"].append(row)
                         print(f"{label:38s} {model:11s} {row['rps']:6.1f} req/s  cpu {row['cpu_ms_per_request']:6.1f} ms/req"
                               f"  p50 {row['p50_ms']:6.0f} ms  errors {row['error_count']}", file=sys.stderr, flush=True)
-                finally:
+            finally:
+                for instances in fleets.values():
                     for instance in instances:
                         instance.stop()
         finally:
@@ -334,7 +353,8 @@ def render(result: dict[str, Any], started_load: str) -> str:
              f"_{os.cpu_count()} cores ({C.cpu_model()}); " + "; ".join(stamps) + "._", "",
              f"Members and the plain deployment answer after {result['latency_s'] * 1000:.0f} ms (fake backend in its own "
          f"process); {result['in_flight']} requests in flight, closed loop, {result['seconds']:.0f} s per row after a "
-         "warm-up, round-robin over the instances; config `litellm_proxy.router.example.yaml` without rpm limits, "
+         f"warm-up, in {BLOCKS} blocks alternating with the other rows (all fleets run at once), round-robin over the "
+         "instances; config `litellm_proxy.router.example.yaml` without rpm limits, "
          "Redis shared. CPU and memory are every process of the instances' process groups (from /proc). "
          "Command: `python benchmarks/scaleout.py`.", ""]
     try:
