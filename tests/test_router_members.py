@@ -41,13 +41,18 @@ def _profiles(**profiles: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture()
 def use_router():
     """Register a router (and optionally profiles) for one test; forget both afterwards."""
+    routers: list[litellm.Router] = []
+
     def use(model_list: list[dict[str, Any]], profiles: dict[str, Any], **router_kwargs: Any) -> litellm.Router:
         router = litellm.Router(model_list=model_list, **router_kwargs)
+        routers.append(router)
         composite_llm.register(router=router, profiles=profiles)
         return router
     yield use
     REGISTRY.set_explicit(None)
     router_members.set_router(None)
+    for router in routers:
+        router.discard()  # unhook its callbacks from LiteLLM's global lists
 
 
 class _Recorder(CustomLogger):
