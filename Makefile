@@ -23,7 +23,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
 # Replaces whatever llama.cpp build a venv already has (say one pip took from its cache) with ours.
 USE_OUR_LLAMA = $(PIP) install --quiet --no-deps --force-reinstall --no-index --find-links "$(WHEELHOUSE)" "$(LLAMA_CPP)"
 
-.PHONY: venv install demo demo-qwen test bench clean cli-agents
+.PHONY: venv install demo demo-qwen test bench clean cli-agents redis-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,7 +81,20 @@ demo-qwen: $(VENV)/.installed-local
 	$(USE_OUR_LLAMA)
 	$(PY) demo.py
 
-test: $(VENV)/.installed-test cli-agents
+# The Router/Redis scale-out tests (tests/test_router_proxy.py) start their own redis-server on a free
+# loopback port; this target only makes sure the binary exists (Debian's package; the target starts
+# nothing, though on a host with systemd the package enables its own service, which the tests never use).
+redis-server:
+	@if command -v redis-server >/dev/null 2>&1; then \
+		echo "redis-server: $$(command -v redis-server) (already installed)"; \
+	else \
+		echo "redis-server missing: apt-get update && apt-get install -y redis-server"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server \
+			&& echo "redis-server: installed $$(command -v redis-server)"; \
+	fi
+
+test: $(VENV)/.installed-test cli-agents redis-server
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test

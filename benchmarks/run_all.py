@@ -22,6 +22,8 @@ import common as C  # noqa: E402
 
 BENCHMARKS = ("latency", "concurrency", "quorum", "overhead", "local_tokens")
 RESULTS = C.BENCH_DIR / "RESULTS.md"
+# Run on their own (they boot several proxies and Redis), included in RESULTS.md when their section exists.
+INLINE_SECTIONS = {"scaleout": "python benchmarks/scaleout.py"}
 OTHER_SECTIONS = {"adaptive_self_consistency": "Adaptive self-consistency versus fixed n (separate benchmark, "
                                                "run with `python benchmarks/adaptive_self_consistency.py`)"}
 
@@ -76,6 +78,11 @@ def assemble(info: dict[str, str], runs: dict[str, tuple[int, float]], quick: bo
             lines += [path.read_text(encoding="utf-8").rstrip(), ""]
         else:
             lines += [f"## {name}", "", f"_Not run yet: `python benchmarks/{name}.py`._", ""]
+    for name, command in INLINE_SECTIONS.items():
+        path = C.RESULTS_DIR / f"{name}.md"
+        if path.exists():
+            lines += [path.read_text(encoding="utf-8").rstrip(), "",
+                      f"_(Not run by `run_all.py`: `{command}` regenerates this section.)_", ""]
     for name, title in OTHER_SECTIONS.items():
         path = C.RESULTS_DIR / f"{name}.md"
         if path.exists():

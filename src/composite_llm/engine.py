@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
 
 import litellm
 
-from . import errors
+from . import errors, router_members
 from .errors import CompositeConfigError
 from .redact import redact, secret_values_in
 from .schema import ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
@@ -189,7 +189,8 @@ class RunContext:
                 raise CompositeConfigError(f"unknown provider bundle {node.provider!r} in {where} (known: {known})")
             params.update(resolve_env_refs(bundle.litellm_params, where))
         params.update(resolve_env_refs(node.params, where))
-        for key, value in self.defaults.items():
+        # The request's api_base/api_key are defaults for direct calls; a Router member's deployment has its own.
+        for key, value in ({} if router_members.is_router_model(node.model) else self.defaults).items():
             params.setdefault(key, value)
         params.pop("model", None)
         price = {key: params.pop(key) for key in PRICE_KEYS if params.get(key) is not None}
@@ -208,6 +209,8 @@ class RunContext:
             if node.model in self.stack:
                 chain = " -> ".join([*self.stack, node.model])
                 raise CompositeConfigError(f"composite cycle: {chain}")
+        elif router_members.is_router_model(node.model):
+            router_members.check_call(node.model, stack=self.stack, where=where)
         secrets = secret_values_in(params)
         self.trace.secrets |= secrets
         return PlannedCall(node=node, role=role, stage=stage, model=node.model, params=params, secrets=secrets,
@@ -258,6 +261,13 @@ class RunContext:
         else:
             kwargs.setdefault("max_retries", 0)  # retries are ours, per sub-call, visible in the trace
         return kwargs
+
+    def _acompletion_for(self, call: PlannedCall) -> Callable[..., Any]:
+        """What a sub-call awaits: `litellm.acompletion`, or the LiteLLM Router's for a `router/<group>` node."""
+        if router_members.is_router_model(call.model):
+            return router_members.acompletion_for(call.model, request_id=self.trace.request_id, depth=self.depth,
+                                                  stack=self.stack)
+        return litellm.acompletion
 
     def _limit(self, call: PlannedCall) -> Any:
         # A nested composite is not a leaf call: holding a slot while its own members wait for one
@@ -323,7 +333,7 @@ class RunContext:
                     timeout = self._timeout_for(call, settings)
                     async with self._limit(call):
                         response = await asyncio.wait_for(
-                            litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings)),
+                            self._acompletion_for(call)(**kwargs, timeout=self._configured_timeout(call, settings)),
                             self._wait_limit(call, settings, timeout),
                         )
                     self._accept(result, response, final=final)
@@ -482,7 +492,7 @@ class RunContext:
                 timeout = self._timeout_for(call, settings)
                 async with self._limit(call):
                     stream = await asyncio.wait_for(
-                        litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings)),
+                        self._acompletion_for(call)(**kwargs, timeout=self._configured_timeout(call, settings)),
                         self._wait_limit(call, settings, timeout))
                     text_parts: list[str] = []
                     iterator = stream.__aiter__()

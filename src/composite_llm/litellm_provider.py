@@ -15,7 +15,7 @@ import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelResponseStream
 
-from . import errors, service
+from . import errors, router_members, service
 from .bridge import iterate_sync, run_sync
 from .errors import CompositeConfigError
 from .profiles import REGISTRY, ProfileSource
@@ -110,12 +110,17 @@ COMPOSITE_PROVIDER = CompositeProvider()
 _register_lock = threading.Lock()
 
 
-def register_composite_provider(profiles: Optional[ProfileSource] = None) -> CompositeProvider:
+def register_composite_provider(profiles: Optional[ProfileSource] = None, router: Any = None) -> CompositeProvider:
     """Make `composite/...` models callable through LiteLLM. Idempotent; keeps other custom providers.
 
     `profiles`: a YAML file, a folder of them or a dict document, searched before
     `$COMPOSITE_LLM_PROFILES`, the proxy config and `./profiles/`. Validated now: errors raise here.
+    `router`: a `litellm.Router`; nodes written `router/<model_name>` then run through it (its deployment
+    choice, rpm/tpm limits, cooldowns and fallbacks). Inside the LiteLLM proxy the proxy's own router is
+    used without this. Set before `profiles` are validated, so unknown groups are reported here.
     """
+    if router is not None:
+        router_members.set_router(router)
     if profiles is not None:
         REGISTRY.set_explicit(profiles)
     with _register_lock:

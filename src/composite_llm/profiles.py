@@ -32,6 +32,7 @@ from typing import Any, Iterable, Optional, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from . import router_members
 from .errors import CompositeConfigError
 from .schema import NodeConfig, ProviderBundle, StrictModel
 from .strategies import get_strategy, strategy_names
@@ -244,6 +245,7 @@ def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -
                 known = ", ".join(sorted(source.providers)) or "none defined"
                 problems.append(f"{prefix}: node {node.label!r} uses unknown provider {node.provider!r} "
                                 f"(known: {known})")
+        problems += router_members.check_profile(name, iter_nodes(topology))
         source.profiles[name] = LoadedProfile(name=name, strategy=strategy, topology=topology, origin=origin,
                                               providers=source.providers, description=spec.description)
     if problems:
@@ -344,6 +346,13 @@ class _FileCache:
 
 
 _files = _FileCache()
+
+
+def forget_cached_documents() -> None:
+    """Drop parsed documents so they are validated again (the router's model groups changed)."""
+    with _files._lock:
+        _files._entries.clear()
+    REGISTRY.forget_cache()
 
 
 def _load_path(path: Path, *, label: Optional[str] = None) -> LoadedSource:
@@ -486,6 +495,12 @@ class ProfileRegistry:
             except CompositeConfigError as exc:
                 found.append(exc)
         return found
+
+    def forget_cache(self) -> None:
+        with self._lock:
+            self._proxy_cache = None
+            if isinstance(self._explicit, dict):
+                self._explicit_dict = load_profiles(self._explicit)
 
     def _proxy_source(self, block: Any, base_dir: Optional[Path]) -> LoadedSource:
         cached = self._proxy_cache
