@@ -303,10 +303,11 @@ class RunContext:
                 try:
                     timeout = self._timeout_for(call, settings)
                     async with self._limit(call):
-                        response = await asyncio.wait_for(
-                            litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings)),
-                            self._wait_limit(call, settings, timeout),
-                        )
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result instead of
+                        # raising when a cancellation arrives as the awaited call completes (the cancel is lost).
+                        async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
+                            response = await litellm.acompletion(
+                                **kwargs, timeout=self._configured_timeout(call, settings))
                     self._accept(result, response, final=final)
                     break
                 except asyncio.CancelledError:
@@ -451,16 +452,18 @@ class RunContext:
             try:
                 timeout = self._timeout_for(call, settings)
                 async with self._limit(call):
-                    stream = await asyncio.wait_for(
-                        litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings)),
-                        self._wait_limit(call, settings, timeout))
+                    async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
+                        stream = await litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings))
                     text_parts: list[str] = []
                     iterator = stream.__aiter__()
                     while True:
                         remaining = self.remaining()
                         idle = timeout if remaining is None else min(timeout, max(remaining, 0.001))
                         try:
-                            chunk = await asyncio.wait_for(iterator.__anext__(), idle + _TIMEOUT_SLACK_S)
+                            # Not wait_for (see `call`): a dropped client must stop this loop at once, even
+                            # when the next chunk is already buffered.
+                            async with asyncio.timeout(idle + _TIMEOUT_SLACK_S):
+                                chunk = await iterator.__anext__()
                         except StopAsyncIteration:
                             break
                         chunks.append(chunk)

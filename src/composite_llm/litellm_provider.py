@@ -7,6 +7,7 @@ fan-out stays parallel. Errors leave as LiteLLM exception types so status codes 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Iterator, Optional, Union
@@ -86,6 +87,11 @@ class CompositeProvider(CustomLLM):
                     chunk = chunker.piece(item)
                     if chunk is not None:
                         yield chunk
+                        # A cancellation point per chunk. The proxy (Starlette under anyio) stops a stream whose
+                        # client left by cancelling the consumer task, but anyio skips a task whose awaited future
+                        # is already done; with upstream chunks always buffered that is every time, and the
+                        # stream ran to its end after the client had gone. A bare yield is always cancellable.
+                        await asyncio.sleep(0)
         except CompositeConfigError as exc:
             raise _config_errors_as_bad_request(exc, model) from None
 

@@ -80,9 +80,13 @@ async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace
         while not preparing.done() or not queue.empty():
             if queue.empty():
                 getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({preparing, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
+                try:
+                    await asyncio.wait({preparing, getter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    # Also when the client leaves during the wait: a getter left pending is a task nobody ends.
+                    if not getter.done():
+                        getter.cancel()
+                if not getter.done() or getter.cancelled():
                     continue
                 line = getter.result()
             else:
