@@ -355,8 +355,17 @@ class RunContext:
         record.preview = preview(text)
         result.text, result.message, result.response = text, message, response
         result.finish_reason = getattr(choice, "finish_reason", None)
-        if not text.strip() and not tool_calls and not final:
-            raise _EmptyAnswer("the model returned an empty answer")
+        if not text.strip() and not tool_calls:
+            if final and self._cut_by_the_client(result.finish_reason, call=result.call):
+                return  # the client's own max_tokens ended the answer before any text: a plain model's answer
+            # An empty answer is a failure at every stage: a member's would reach no prompt, a final stage's
+            # would reach the client as a clean, empty "success"; its fallbacks run instead.
+            raise _EmptyAnswer("the model returned no answer" + ("" if choice is not None else " (no choices)"))
+
+    def _cut_by_the_client(self, finish_reason: Optional[str], *, call: PlannedCall) -> bool:
+        """True when a `length` finish comes from a token cap the client (or the node) set."""
+        caps = ("max_tokens", "max_completion_tokens")
+        return finish_reason == "length" and any(k in self.final_params or k in call.params for k in caps)
 
     # ------------------------------------------------------------------ fan-out
     async def fan_out(
@@ -455,6 +464,8 @@ class RunContext:
                     async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
                         stream = await litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings))
                     text_parts: list[str] = []
+                    finish_reason: Optional[str] = None
+                    saw_tool_calls = False
                     iterator = stream.__aiter__()
                     while True:
                         remaining = self.remaining()
@@ -472,8 +483,18 @@ class RunContext:
                             continue
                         if piece.content:
                             text_parts.append(piece.content)
-                        sent_any = True
+                        finish_reason = piece.finish_reason or finish_reason
+                        saw_tool_calls = saw_tool_calls or bool(piece.tool_calls)
+                        sent_any = sent_any or bool(piece.content or piece.reasoning or piece.tool_calls)
                         yield piece
+                    # A stream that stops without a finish_reason was cut off; one without text or tool calls
+                    # said nothing. Either is a failure: a fallback before the client saw anything, else an error
+                    # (never a clean finish of a truncated answer).
+                    if _upstream_finish(stream, finish_reason) is None:
+                        raise _BrokenStream("the stream ended without a finish_reason (cut off)")
+                    if not "".join(text_parts).strip() and not saw_tool_calls \
+                            and not self._cut_by_the_client(finish_reason, call=call):
+                        raise _EmptyAnswer("the model returned no answer")
                 record.usage, record.cost = _stream_accounting(chunks, messages)
                 record.preview = preview("".join(text_parts))
                 record.latency_s = time.monotonic() - started
@@ -518,7 +539,20 @@ async def _aclose_quietly(stream: Any) -> None:
 
 
 class _EmptyAnswer(Exception):
-    """A member answered with nothing; it counts as failed so nothing empty reaches another prompt."""
+    """A sub-call answered with nothing: a failed member (nothing empty reaches another prompt) or a failed
+    final stage (its fallbacks run; the client never gets an empty "success")."""
+
+
+class _BrokenStream(Exception):
+    """A streamed final stage ended without a finish_reason: the answer was cut off."""
+
+
+def _upstream_finish(stream: Any, seen: Optional[str]) -> Optional[str]:
+    """The finish_reason the upstream itself sent. LiteLLM's stream wrapper ends a stream that had none with
+    a synthetic "stop", which would pass a cut-off answer as complete; it keeps the real one apart."""
+    if hasattr(stream, "received_finish_reason"):
+        return getattr(stream, "received_finish_reason", None) or getattr(stream, "intermittent_finish_reason", None)
+    return seen
 
 
 def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:

@@ -62,8 +62,8 @@ class ModelBehavior:
     chunk_delay_s: pause between streamed chunks.
     tool_calls: OpenAI tool_calls to return (finish_reason becomes "tool_calls").
     reasoning_tokens / cached_tokens: reported in usage details, to test exact accounting.
-    raw_body: answer 200 with exactly this body (JSON content type), e.g. `{"choices": []}` or an error
-        object, for bodies that parse but carry no answer.
+    raw_body: answer 200 with exactly this body (JSON content type, also to a streaming request), e.g.
+        `{"choices": []}` or an error object, for bodies that parse but carry no answer.
     raw_stream: streaming only, send these SSE `data:` payloads verbatim (then nothing else: add
         "[DONE]" yourself), e.g. a stream without a finish_reason or with garbage lines.
     """
@@ -322,7 +322,7 @@ class FakeOpenAIServer:
             )
         if behavior.garbage:
             return web.Response(text="<html>this is not json", content_type="application/json")
-        if behavior.raw_body is not None and not record.stream:
+        if behavior.raw_body is not None:
             return web.Response(text=behavior.raw_body, content_type="application/json")
 
         reply = behavior.reply
