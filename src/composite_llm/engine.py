@@ -10,11 +10,13 @@ Strategies describe *what* to call; the engine decides *how*.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import random
 import re
 import time
 import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
 
@@ -23,7 +25,7 @@ import litellm
 from . import errors
 from .errors import CompositeConfigError
 from .redact import redact, secret_values_in
-from .schema import ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
+from .schema import DEFAULT_MAX_SUB_CALLS, ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
 from .trace import SubCallRecord, Trace, preview
 from .usage import UsageTotals, response_cost
 
@@ -39,25 +41,117 @@ ProgressFn = Callable[[str], None]
 # --------------------------------------------------------------------------- concurrency limit
 _DEFAULT_MAX_CONCURRENCY = int(os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY", "256"))
 _max_concurrency = _DEFAULT_MAX_CONCURRENCY
-_semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+_per_request: Optional[int] = None
+_limiters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairLimiter]" = weakref.WeakKeyDictionary()
 
 
-def set_max_concurrency(limit: int) -> None:
-    """Cap the leaf sub-calls in flight per event loop (per process for the usual single loop)."""
-    global _max_concurrency
-    if limit < 1:
+def set_max_concurrency(limit: int, per_request: Optional[int] = None) -> None:
+    """Cap the leaf sub-calls in flight per event loop (per process for the usual single loop), and those
+    of one request (default: three quarters of the limit, so one request never holds every slot)."""
+    global _max_concurrency, _per_request
+    if limit < 1 or (per_request is not None and per_request < 1):
         raise ValueError("max concurrency must be at least 1")
-    _max_concurrency = limit
-    _semaphores.clear()
+    _max_concurrency, _per_request = limit, per_request
+    _limiters.clear()
 
 
-def _semaphore() -> asyncio.Semaphore:
+def per_request_limit(limit: int) -> int:
+    env = os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY_PER_REQUEST")
+    if _per_request is not None:
+        return min(_per_request, limit)
+    if env:
+        return max(1, min(int(env), limit))
+    return max(1, limit - limit // 4)
+
+
+class FairLimiter:
+    """The leaf-call slots of one event loop, handed out fairly across requests.
+
+    A plain semaphore serves waiters first come, first served: a request that queued 1,000 calls made
+    every later request wait for all of them. Here each request (a top-level request and every composite
+    nested in it share one key) queues its own waiters; a freed slot goes to the waiting request that
+    holds the fewest slots, and no request holds more than `per_request` slots at once. A small request
+    therefore waits for one slot to free up, not for a large request's whole queue.
+    """
+
+    def __init__(self, limit: int, per_request: int) -> None:
+        self.limit = limit
+        self.per_request = per_request
+        self.in_use = 0
+        self.held: dict[object, int] = {}
+        self.waiting: "collections.OrderedDict[object, collections.deque[asyncio.Future[None]]]" = \
+            collections.OrderedDict()
+
+    def slot(self, key: object) -> "_Slot":
+        return _Slot(self, key)
+
+    async def acquire(self, key: object) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(key, collections.deque()).append(future)
+        self._dispatch()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(key)  # granted as the cancellation arrived: hand the slot on
+            else:
+                future.cancel()
+                self._forget_done(key)
+            raise
+
+    def release(self, key: object) -> None:
+        self.in_use -= 1
+        left = self.held.get(key, 1) - 1
+        if left:
+            self.held[key] = left
+        else:
+            self.held.pop(key, None)
+        self._dispatch()
+
+    def _forget_done(self, key: object) -> None:
+        queue = self.waiting.get(key)
+        while queue and queue[0].done():
+            queue.popleft()
+        if queue is not None and not queue:
+            del self.waiting[key]
+
+    def _dispatch(self) -> None:
+        while self.in_use < self.limit:
+            best = None
+            for key in list(self.waiting):
+                self._forget_done(key)
+                if key not in self.waiting or self.held.get(key, 0) >= self.per_request:
+                    continue
+                if best is None or self.held.get(key, 0) < self.held.get(best, 0):
+                    best = key
+            if best is None:
+                return
+            future = self.waiting[best].popleft()
+            self.waiting.move_to_end(best)  # equal holders take turns
+            self._forget_done(best)
+            self.in_use += 1
+            self.held[best] = self.held.get(best, 0) + 1
+            future.set_result(None)
+
+
+class _Slot:
+    def __init__(self, limiter: FairLimiter, key: object) -> None:
+        self.limiter, self.key = limiter, key
+
+    async def __aenter__(self) -> None:
+        await self.limiter.acquire(self.key)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.limiter.release(self.key)
+
+
+def _limiter() -> FairLimiter:
     loop = asyncio.get_running_loop()
-    sem = _semaphores.get(loop)
-    if sem is None:
-        sem = asyncio.Semaphore(_max_concurrency)
-        _semaphores[loop] = sem
-    return sem
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = FairLimiter(_max_concurrency, per_request_limit(_max_concurrency))
+        _limiters[loop] = limiter
+    return limiter
 
 
 class _NoLimit:
@@ -66,6 +160,61 @@ class _NoLimit:
 
     async def __aexit__(self, *exc: Any) -> None:
         return None
+
+
+# --------------------------------------------------------------------------- per-request budget
+class SubCallBudget:
+    """The leaf sub-calls one top-level request may still make, shared with every composite nested in it
+    (a nested composite runs inside its parent's `litellm.acompletion` call and finds the budget in a
+    context variable). Also the request's identity for the fair limiter."""
+
+    def __init__(self, limit: int, where: str) -> None:
+        self.limit = limit
+        self.used = 0
+        self.where = where
+
+    def take(self, what: str) -> None:
+        if self.used >= self.limit:
+            raise CompositeConfigError(
+                f"{self.where}: {what} would be leaf sub-call {self.used + 1} of a request limited to "
+                f"settings.max_sub_calls={self.limit}")
+        self.used += 1
+
+
+_BUDGET: ContextVar[Optional[SubCallBudget]] = ContextVar("composite_llm_budget", default=None)
+
+
+def current_budget() -> Optional[SubCallBudget]:
+    """The budget of the request this code runs inside (None at top level)."""
+    return _BUDGET.get()
+
+
+class _InBudget:
+    """Makes `budget` the current one while a nested composite call runs in this task."""
+
+    def __init__(self, budget: Optional[SubCallBudget]) -> None:
+        self.budget = budget
+        self.token: Any = None
+
+    def __enter__(self) -> None:
+        if self.budget is not None:
+            self.token = _BUDGET.set(self.budget)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.token is not None:
+            _BUDGET.reset(self.token)
+
+
+# --------------------------------------------------------------------------- observed latency
+# Seconds a model took to answer, smoothed, per model string, in this process: what the deadline planner
+# reserves for a final stage it has seen before.
+_LATENCY: dict[str, float] = {}
+_LATENCY_WEIGHT = 0.3
+
+
+def observe_latency(model: str, seconds: float) -> None:
+    previous = _LATENCY.get(model)
+    _LATENCY[model] = seconds if previous is None else previous + _LATENCY_WEIGHT * (seconds - previous)
 
 
 # --------------------------------------------------------------------------- data
@@ -161,18 +310,27 @@ class RunContext:
         stack: Sequence[str] = (),
         progress: Optional[ProgressFn] = None,
         where: str = "",
+        max_sub_calls: Optional[int] = None,
     ) -> None:
         self.trace = trace
         self.providers = providers
         self.shared_params = shared_params
         self.final_params = final_params
         self.defaults = {k: v for k, v in defaults.items() if v}
+        self.timeout = timeout or None
         self.deadline = time.monotonic() + timeout if timeout else None
         self.depth = depth
         self.stack = tuple(stack)
         self.progress = progress
         self.where = where or trace.model
         self.rng = random.Random(trace.request_id)
+        # A nested composite spends its parent request's budget; a top-level request starts its own.
+        self.budget = current_budget() or SubCallBudget(max_sub_calls or DEFAULT_MAX_SUB_CALLS, self.where)
+        self.final_calls: list[PlannedCall] = []
+
+    def expect_final(self, calls: Sequence[PlannedCall]) -> None:
+        """Name the final stage (with fallbacks) before the fan-outs run, so they can leave it time."""
+        self.final_calls = list(calls)
 
     # ------------------------------------------------------------------ planning
     def plan(self, node: NodeConfig, *, role: str, stage: str) -> PlannedCall:
@@ -249,7 +407,7 @@ class RunContext:
     def _limit(self, call: PlannedCall) -> Any:
         # A nested composite is not a leaf call: holding a slot while its own members wait for one
         # could deadlock the limit, so only leaf calls take a slot.
-        return _NoLimit() if call.node.is_composite else _semaphore()
+        return _NoLimit() if call.node.is_composite else _limiter().slot(self.budget)
 
     def _describe_error(self, call: PlannedCall, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -294,6 +452,8 @@ class RunContext:
     ) -> MemberResult:
         """Run one sub-call with retries. Failures are recorded and returned, never raised;
         cancellation is recorded as a dropped member and re-raised."""
+        if not call.node.is_composite:
+            self.budget.take(f"{call.role} {call.label}")
         record = self._record(call)
         kwargs = self._kwargs(call, messages, final=final, settings=settings)
         started = time.monotonic()
@@ -306,9 +466,11 @@ class RunContext:
                         # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result instead of
                         # raising when a cancellation arrives as the awaited call completes (the cancel is lost).
                         async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
-                            response = await litellm.acompletion(
-                                **kwargs, timeout=self._configured_timeout(call, settings))
+                            with _InBudget(self.budget if call.node.is_composite else None):
+                                response = await litellm.acompletion(
+                                    **kwargs, timeout=self._configured_timeout(call, settings))
                     self._accept(result, response, final=final)
+                    observe_latency(call.model, time.monotonic() - started)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -382,13 +544,21 @@ class RunContext:
         tasks = [asyncio.ensure_future(self.call(call, messages, settings=settings)) for call, messages in items]
         loop = asyncio.get_running_loop()
         stage_deadline = loop.time() + settings.deadline_s if settings.deadline_s else None
+        # With a request deadline, the stage stops waiting for stragglers once the quorum answered and only
+        # the final stage's reserve is left (before that point it waits as usual).
+        planned_end = self._planned_stage_end(settings)
+        planned_end = None if planned_end is None else loop.time() + planned_end
         grace_end: Optional[float] = None
         pending = set(tasks)
+        answered = 0
+        cut_for_deadline = False
         try:
             while pending:
-                limits = [t for t in (stage_deadline, grace_end) if t is not None]
+                quorum_met = answered >= max(needed, 1)
+                limits = [t for t in (stage_deadline, grace_end, planned_end if quorum_met else None) if t is not None]
                 wait_s = min(limits) - loop.time() if limits else None
                 if wait_s is not None and wait_s <= 0:
+                    cut_for_deadline = planned_end is not None and loop.time() >= planned_end
                     break
                 done, pending = await asyncio.wait(pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                 answered = sum(1 for t in tasks if t.done() and not t.cancelled() and t.result().ok)
@@ -413,9 +583,40 @@ class RunContext:
                               self._record(call))
                 results.append(MemberResult(call=call, record=record))
         outcome = StageResult(stage=stage, results=results)
+        if cut_for_deadline:
+            stragglers = [f"{r.call.role} {r.call.label}" for r in outcome.results if r.record.status == "dropped"]
+            if stragglers:
+                self.trace.notes.append(
+                    f"{stage}: stopped waiting for {', '.join(stragglers)} to leave the final stage "
+                    f"{self._final_reserve(settings):.1f} s of the request timeout")
         if len(outcome.answers) < needed:
             raise self.too_few(outcome, needed)
         return outcome
+
+    # ------------------------------------------------------------------ deadline planning
+    def _final_reserve(self, settings: FanOutSettings) -> float:
+        """Seconds of the request timeout kept for the final stage.
+
+        The setting when given; else the final model's observed latency with headroom (at most half the
+        timeout), or a third of the timeout for a model not seen yet; never more than the final node's own
+        timeout. Strategies with no final call (votes) keep a twentieth, to answer before the client's
+        own timeout fires."""
+        total = self.timeout or 0.0
+        if settings.final_reserve_s is not None:
+            return settings.final_reserve_s
+        if not self.final_calls:
+            return min(total / 20, 2.0)
+        seen = [_LATENCY[c.model] for c in self.final_calls[:1] if c.model in _LATENCY]
+        reserve = min(total / 2, 1.5 * seen[0] + 0.5) if seen else total / 3
+        configured = self.final_calls[0].node.timeout_s
+        return min(reserve, configured) if configured else reserve
+
+    def _planned_stage_end(self, settings: FanOutSettings) -> Optional[float]:
+        """Seconds from now until a fan-out should stop waiting for stragglers (None: no request deadline)."""
+        remaining = self.remaining()
+        if remaining is None:
+            return None
+        return max(remaining - self._final_reserve(settings), 0.0)
 
     def too_few(self, outcome: StageResult, needed: int) -> Exception:
         """The LiteLLM exception for a stage with fewer than `needed` answers, listing each failure."""
@@ -458,11 +659,16 @@ class RunContext:
             kwargs = self._kwargs(call, messages, final=True, settings=settings)
             kwargs.update(stream=True, stream_options={"include_usage": True})
             stream = None
+            nested = _InBudget(self.budget if call.node.is_composite else None)
             try:
+                if not call.node.is_composite:
+                    self.budget.take(f"{call.role} {call.label}")
                 timeout = self._timeout_for(call, settings)
                 async with self._limit(call):
                     async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
-                        stream = await litellm.acompletion(**kwargs, timeout=self._configured_timeout(call, settings))
+                        with nested:
+                            stream = await litellm.acompletion(**kwargs,
+                                                               timeout=self._configured_timeout(call, settings))
                     text_parts: list[str] = []
                     finish_reason: Optional[str] = None
                     saw_tool_calls = False
@@ -474,7 +680,8 @@ class RunContext:
                             # Not wait_for (see `call`): a dropped client must stop this loop at once, even
                             # when the next chunk is already buffered.
                             async with asyncio.timeout(idle + _TIMEOUT_SLACK_S):
-                                chunk = await iterator.__anext__()
+                                with nested:  # a nested composite's stream runs its stages in here
+                                    chunk = await iterator.__anext__()
                         except StopAsyncIteration:
                             break
                         chunks.append(chunk)
@@ -498,6 +705,7 @@ class RunContext:
                 record.usage, record.cost = _stream_accounting(chunks, messages)
                 record.preview = preview("".join(text_parts))
                 record.latency_s = time.monotonic() - started
+                observe_latency(call.model, record.latency_s)
                 self.trace.add(record)
                 return
             except asyncio.CancelledError:

@@ -13,7 +13,9 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 
-from .engine import MemberResult, RunContext, StreamPiece
+from .budget import check_budget, max_sub_calls_of, nested_resolver
+from .engine import MemberResult, RunContext, StreamPiece, current_budget
+from .profiles import REGISTRY
 from .redact import redact
 from .request import CompositeRequest
 from .strategies import FinalCall, FinalText
@@ -41,7 +43,15 @@ def _context(request: CompositeRequest, trace: Trace, progress: Any = None) -> R
         stack=request.stack,
         progress=progress,
         where=request.display_model,
+        max_sub_calls=max_sub_calls_of(request.topology),
     )
+
+
+def _check_size(request: CompositeRequest) -> None:
+    """A top-level request whose topology needs more sub-calls than its budget is refused before any call
+    (a nested composite's calls were counted by the request it belongs to)."""
+    if current_budget() is None:
+        check_budget(request.strategy, request.topology, request.display_model, nested_resolver(REGISTRY.snapshot))
 
 
 def _finish(request: CompositeRequest, trace: Trace, error: Optional[BaseException] = None) -> None:
@@ -50,6 +60,7 @@ def _finish(request: CompositeRequest, trace: Trace, error: Optional[BaseExcepti
 
 
 async def run(request: CompositeRequest) -> CompositeResult:
+    _check_size(request)
     trace = request.new_trace()
     ctx = _context(request, trace)
     try:
@@ -71,6 +82,7 @@ async def run(request: CompositeRequest) -> CompositeResult:
 
 async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace]:
     """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last."""
+    _check_size(request)
     trace = request.new_trace()
     queue: asyncio.Queue[str] = asyncio.Queue()
     ctx = _context(request, trace, progress=queue.put_nowait)
