@@ -311,6 +311,7 @@ class RunContext:
         progress: Optional[ProgressFn] = None,
         where: str = "",
         max_sub_calls: Optional[int] = None,
+        on_cost: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.trace = trace
         self.providers = providers
@@ -327,6 +328,14 @@ class RunContext:
         # A nested composite spends its parent request's budget; a top-level request starts its own.
         self.budget = current_budget() or SubCallBudget(max_sub_calls or DEFAULT_MAX_SUB_CALLS, self.where)
         self.final_calls: list[PlannedCall] = []
+        # Told the request's cost so far whenever a sub-call lands, so a client that leaves early is billed
+        # for what already ran (the streaming provider keeps LiteLLM's logging object up to date with it).
+        self.on_cost = on_cost
+        self.abandoned = False
+        # Estimated cost of sub-calls sent and not landed yet (their prompt, and a streamed answer's tokens so
+        # far), reported with the landed costs: the proxy bills a dropped stream before this request's own
+        # cleanup runs, so the in-flight part must already be in the reported cost.
+        self._provisional: dict[int, float] = {}
 
     def expect_final(self, calls: Sequence[PlannedCall]) -> None:
         """Name the final stage (with fallbacks) before the fan-outs run, so they can leave it time."""
@@ -425,9 +434,46 @@ class RunContext:
     def add_record(self, record: SubCallRecord) -> None:
         """Add a finished record to the ledger and report it as progress. The progress line is only
         formatted when someone listens (streaming); non-streamed requests skip that work."""
-        self.trace.add(record)
+        self._land(record)
         if self.progress is not None:
             self.progress(self.trace.describe(record))
+
+    def _land(self, record: SubCallRecord) -> None:
+        estimated = self._provisional.pop(id(record), None)
+        if record.status == "dropped" and record.cost is None and estimated is not None \
+                and (self.abandoned or record.streamed):
+            # Sent, then cancelled because the client left: the upstream still bills the prompt.
+            record.cost = estimated
+            record.extra["cost_estimated"] = True
+        self.trace.add(record)
+        if self.on_cost is not None and (record.cost or estimated):
+            self._report_cost()
+
+    def _report_cost(self) -> None:
+        if self.on_cost is not None:
+            self.on_cost(self.trace.cost + sum(self._provisional.values()))
+
+    def _sent(self, record: SubCallRecord, call: PlannedCall, messages: list[Any]) -> Optional[float]:
+        """A leaf call is on the wire: when someone follows the cost (streaming), count its prompt's estimated
+        price as spent until it lands. Returns the price of one answer token (None: unpriced)."""
+        if self.on_cost is None or call.node.is_composite or id(record) in self._provisional:
+            return None
+        _usage, cost = _prompt_estimate(call, messages)
+        if cost is not None:
+            self._provisional[id(record)] = cost
+            self._report_cost()
+        return _price(call, UsageTotals(completion_tokens=1))
+
+    def _streamed_token(self, record: SubCallRecord, token_price: Optional[float]) -> None:
+        if token_price and id(record) in self._provisional:
+            self._provisional[id(record)] += token_price
+            self._report_cost()
+
+    def abandon(self) -> None:
+        """The client left. Call before cancelling the sub-calls in flight: each keeps its estimated cost
+        (marked `cost_estimated`) when it lands as dropped, so the request is billed for what ran."""
+        self.abandoned = True
+        self._report_cost()
 
     def _record(self, call: PlannedCall) -> SubCallRecord:
         return SubCallRecord(stage=call.stage, role=call.role, label=call.label, model=call.model,
@@ -467,6 +513,7 @@ class RunContext:
                         # raising when a cancellation arrives as the awaited call completes (the cancel is lost).
                         async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
                             with _InBudget(self.budget if call.node.is_composite else None):
+                                self._sent(record, call, messages)
                                 response = await litellm.acompletion(
                                     **kwargs, timeout=self._configured_timeout(call, settings))
                     self._accept(result, response, final=final)
@@ -667,6 +714,7 @@ class RunContext:
                 async with self._limit(call):
                     async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
                         with nested:
+                            token_price = self._sent(record, call, messages)
                             stream = await litellm.acompletion(**kwargs,
                                                                timeout=self._configured_timeout(call, settings))
                     text_parts: list[str] = []
@@ -690,6 +738,7 @@ class RunContext:
                             continue
                         if piece.content:
                             text_parts.append(piece.content)
+                            self._streamed_token(record, token_price)
                         finish_reason = piece.finish_reason or finish_reason
                         saw_tool_calls = saw_tool_calls or bool(piece.tool_calls)
                         sent_any = sent_any or bool(piece.content or piece.reasoning or piece.tool_calls)
@@ -706,15 +755,17 @@ class RunContext:
                 record.preview = preview("".join(text_parts))
                 record.latency_s = time.monotonic() - started
                 observe_latency(call.model, record.latency_s)
-                self.trace.add(record)
+                self._land(record)
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # The client left mid-answer: bill what the upstream already produced (its prompt and the
+                # tokens read so far), counted from the chunks, before the error leaves this generator.
                 record.status, record.latency_s = "dropped", time.monotonic() - started
-                self.trace.add(record)
-                raise
-            except GeneratorExit:
-                record.status, record.latency_s = "dropped", time.monotonic() - started
-                self.trace.add(record)
+                if chunks and not call.node.is_composite:
+                    record.usage, record.cost = _stream_accounting(chunks, messages)
+                    if record.cost is None:
+                        record.cost = _price(call, record.usage)
+                self._land(record)  # no chunks yet: the prompt's estimate (see _land)
                 raise
             except CompositeConfigError:
                 raise
@@ -776,6 +827,30 @@ def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
     if not (content or reasoning or tool_calls or finish):
         return None
     return StreamPiece(content=content, reasoning=reasoning, tool_calls=tool_calls or None, finish_reason=finish)
+
+
+def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:
+    """Prompt tokens and their price for a call that was sent but never answered (LiteLLM's tokenizer and
+    price map, or the node's own `input_cost_per_token`)."""
+    try:
+        usage = UsageTotals(prompt_tokens=int(litellm.token_counter(model=call.model, messages=messages)))
+    except Exception:  # noqa: BLE001 - no tokenizer: nothing to estimate from
+        return UsageTotals(), None
+    return usage, _price(call, usage)
+
+
+def _price(call: PlannedCall, usage: UsageTotals) -> Optional[float]:
+    """What `usage` costs on this node: its own per-token prices, else LiteLLM's price map (None: unpriced)."""
+    prompt_price, completion_price = call.params.get("input_cost_per_token"), call.params.get("output_cost_per_token")
+    try:
+        if prompt_price is not None or completion_price is not None:
+            return (float(prompt_price or 0) * usage.prompt_tokens
+                    + float(completion_price or 0) * usage.completion_tokens)
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=call.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        return float(prompt_cost) + float(completion_cost)
+    except Exception:  # noqa: BLE001 - a model LiteLLM has no price for
+        return None
 
 
 def _stream_accounting(chunks: list[Any], messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:

@@ -74,14 +74,19 @@ class CompositeProvider(CustomLLM):
                          timeout: Any = None, client: Any = None) -> AsyncIterator[Chunk]:
         request = _build(model, messages, api_base, api_key, optional_params, litellm_params, timeout)
         chunker = StreamChunker(request.display_model, request.request_id)
+
+        def report_cost(cost: float) -> None:
+            # LiteLLM's streaming cost path reads the provider-reported cost (private attribute, pinned litellm
+            # version, guarded by a regression test). Kept current as sub-calls land: the proxy bills a client
+            # that disconnects mid-stream from it, and the final chunk may never be sent.
+            if logging_obj is not None:
+                logging_obj._provider_reported_cost = float(cost)
+
         try:
-            async with aclosing(service.stream(request)) as items:
+            async with aclosing(service.stream(request, on_cost=report_cost)) as items:
                 async for item in items:
                     if isinstance(item, Trace):
-                        # LiteLLM's streaming cost path reads the provider-reported cost (private attribute,
-                        # pinned litellm version, guarded by a regression test).
-                        if logging_obj is not None:
-                            logging_obj._provider_reported_cost = item.cost
+                        report_cost(item.cost)
                         yield chunker.final(item)
                         return
                     chunk = chunker.piece(item)

@@ -11,7 +11,7 @@ import asyncio
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from .budget import check_budget, max_sub_calls_of, nested_resolver
 from .engine import MemberResult, RunContext, StreamPiece, current_budget
@@ -31,7 +31,8 @@ class CompositeResult:
     trace: Trace
 
 
-def _context(request: CompositeRequest, trace: Trace, progress: Any = None) -> RunContext:
+def _context(request: CompositeRequest, trace: Trace, progress: Any = None,
+             on_cost: Optional[Callable[[float], None]] = None) -> RunContext:
     return RunContext(
         trace=trace,
         providers=request.providers,
@@ -44,6 +45,7 @@ def _context(request: CompositeRequest, trace: Trace, progress: Any = None) -> R
         progress=progress,
         where=request.display_model,
         max_sub_calls=max_sub_calls_of(request.topology),
+        on_cost=on_cost,
     )
 
 
@@ -80,12 +82,14 @@ async def run(request: CompositeRequest) -> CompositeResult:
     return result
 
 
-async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace]:
-    """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last."""
+async def stream(request: CompositeRequest, on_cost: Optional[Callable[[float], None]] = None
+                 ) -> AsyncIterator[StreamPiece | Trace]:
+    """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last.
+    `on_cost` hears the cost so far whenever it grows, and the full cost of what ran if the client leaves."""
     _check_size(request)
     trace = request.new_trace()
     queue: asyncio.Queue[str] = asyncio.Queue()
-    ctx = _context(request, trace, progress=queue.put_nowait)
+    ctx = _context(request, trace, progress=queue.put_nowait, on_cost=on_cost)
     preparing = asyncio.ensure_future(request.strategy.prepare(ctx, request.topology, request.messages))
     try:
         yield StreamPiece(reasoning=f"composite {request.strategy.name} · {request.display_model}\n")
@@ -114,10 +118,18 @@ async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace
                 async for piece in pieces:
                     yield piece
     except BaseException as exc:
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            ctx.abandon()  # before the members are cancelled: what they cost stays billed
+        cancelled_again = False
         if not preparing.done():
             preparing.cancel()
-            await asyncio.gather(preparing, return_exceptions=True)
+            try:
+                await asyncio.gather(preparing, return_exceptions=True)
+            except asyncio.CancelledError:
+                cancelled_again = True  # (anyio re-delivers) the members are cancelled already: finish the books
         _finish(request, trace, exc)
+        if cancelled_again and not isinstance(exc, asyncio.CancelledError):
+            raise asyncio.CancelledError
         raise
     _finish(request, trace)
     yield trace
