@@ -197,3 +197,20 @@ async def test_without_a_quorum_at_the_planned_point_the_fan_out_keeps_waiting(s
                                          proposers=["openai/p1", "openai/p2"], **call_kwargs)
     assert response.choices[0].message.content == "aggregated answer"
     assert _trace(response)["dropped_members"] == ["proposer openai/p2"]
+
+
+async def test_hung_reviewers_leave_the_chairman_time_to_answer(server, call_kwargs):
+    """Council with timeout=5 whose two reviewers both hang (reviews are optional, review_quorum 0): the
+    review stage is cut at the planned point and the chairman answers from the answers alone, in time."""
+    for name in ("c1", "c2"):
+        server.set_model(name, reply=f"answer from {name}")
+    for name in ("r1", "r2"):
+        server.set_model(name, hang=True)
+    server.set_model("chair", reply="chairman answer")
+    started = time.monotonic()
+    response = await litellm.acompletion(model="composite/council/openai/chair", messages=user("q"), timeout=5,
+                                         council=["openai/c1", "openai/c2"], reviewers=["openai/r1", "openai/r2"],
+                                         **call_kwargs)
+    assert response.choices[0].message.content == "chairman answer"
+    assert time.monotonic() - started < 5
+    assert sorted(_trace(response)["dropped_members"]) == ["reviewer openai/r1", "reviewer openai/r2"]

@@ -601,8 +601,9 @@ class RunContext:
         cut_for_deadline = False
         try:
             while pending:
-                quorum_met = answered >= max(needed, 1)
-                limits = [t for t in (stage_deadline, grace_end, planned_end if quorum_met else None) if t is not None]
+                # (a stage that needs no answer, like optional reviews, is cut at the planned point as well)
+                enough = answered >= needed
+                limits = [t for t in (stage_deadline, grace_end, planned_end if enough else None) if t is not None]
                 wait_s = min(limits) - loop.time() if limits else None
                 if wait_s is not None and wait_s <= 0:
                     cut_for_deadline = planned_end is not None and loop.time() >= planned_end
@@ -644,9 +645,9 @@ class RunContext:
     def _final_reserve(self, settings: FanOutSettings) -> float:
         """Seconds of the request timeout kept for the final stage.
 
-        The setting when given; else the final model's observed latency with headroom (at most half the
-        timeout), or a third of the timeout for a model not seen yet; never more than the final node's own
-        timeout. Strategies with no final call (votes) keep a twentieth, to answer before the client's
+        The setting when given; else twice the final model's observed latency, at least a fifth and at most
+        half of the timeout (a loaded machine and LiteLLM's own overhead need slack), or a third of the
+        timeout for a model not seen yet; never more than the final node's own timeout. Strategies with no final call (votes) keep a twentieth, to answer before the client's
         own timeout fires."""
         total = self.timeout or 0.0
         if settings.final_reserve_s is not None:
@@ -654,7 +655,7 @@ class RunContext:
         if not self.final_calls:
             return min(total / 20, 2.0)
         seen = [_LATENCY[c.model] for c in self.final_calls[:1] if c.model in _LATENCY]
-        reserve = min(total / 2, 1.5 * seen[0] + 0.5) if seen else total / 3
+        reserve = min(total / 2, max(2 * seen[0], total / 5)) if seen else total / 3
         configured = self.final_calls[0].node.timeout_s
         return min(reserve, configured) if configured else reserve
 

@@ -76,8 +76,9 @@ class FanOutSettings(StrictModel):
     retries: extra attempts per sub-call on transient errors (429, 5xx, connection).
     member_tools: pass the client's tools to members too (by default only the final stage sees them).
     final_reserve_s: with a request timeout, the time kept for the final stage: a fan-out stops waiting for
-        stragglers once `quorum` answered and only this much is left (None: planned from the final model's
-        observed latency, else a third of the timeout; never more than the final node's `timeout_s`).
+        stragglers once `quorum` answered and only this much is left (None: twice the final model's observed
+        latency within a fifth to a half of the timeout, else a third; never more than the final node's
+        `timeout_s`).
     max_sub_calls: the most leaf sub-calls (upstream model calls, nested composites' included, retries not)
         one request may make; a topology that needs more is refused before any call (read from the
         top-level request's topology).
