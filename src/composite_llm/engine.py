@@ -10,13 +10,10 @@ Strategies describe *what* to call; the engine decides *how*.
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import random
 import re
 import time
-import weakref
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
 
@@ -24,6 +21,17 @@ import litellm
 
 from . import errors
 from .errors import CompositeConfigError
+from .limits import (  # noqa: F401 - set_max_concurrency and its default stay importable from here
+    _DEFAULT_MAX_CONCURRENCY,
+    BudgetScope,
+    NoLimit,
+    SubCallBudget,
+    current_budget,
+    limiter,
+    observe_latency,
+    observed_latency,
+    set_max_concurrency,
+)
 from .redact import redact, secret_values_in
 from .schema import DEFAULT_MAX_SUB_CALLS, ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
 from .trace import SubCallRecord, Trace, preview
@@ -36,185 +44,6 @@ _TIMEOUT_SLACK_S = 1.0
 _MAX_BACKOFF_S = 5.0
 
 ProgressFn = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- concurrency limit
-_DEFAULT_MAX_CONCURRENCY = int(os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY", "256"))
-_max_concurrency = _DEFAULT_MAX_CONCURRENCY
-_per_request: Optional[int] = None
-_limiters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairLimiter]" = weakref.WeakKeyDictionary()
-
-
-def set_max_concurrency(limit: int, per_request: Optional[int] = None) -> None:
-    """Cap the leaf sub-calls in flight per event loop (per process for the usual single loop), and those
-    of one request (default: three quarters of the limit, so one request never holds every slot)."""
-    global _max_concurrency, _per_request
-    if limit < 1 or (per_request is not None and per_request < 1):
-        raise ValueError("max concurrency must be at least 1")
-    _max_concurrency, _per_request = limit, per_request
-    _limiters.clear()
-
-
-def per_request_limit(limit: int) -> int:
-    env = os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY_PER_REQUEST")
-    if _per_request is not None:
-        return min(_per_request, limit)
-    if env:
-        return max(1, min(int(env), limit))
-    return max(1, limit - limit // 4)
-
-
-class FairLimiter:
-    """The leaf-call slots of one event loop, handed out fairly across requests.
-
-    A plain semaphore serves waiters first come, first served: a request that queued 1,000 calls made
-    every later request wait for all of them. Here each request (a top-level request and every composite
-    nested in it share one key) queues its own waiters; a freed slot goes to the waiting request that
-    holds the fewest slots, and no request holds more than `per_request` slots at once. A small request
-    therefore waits for one slot to free up, not for a large request's whole queue.
-    """
-
-    def __init__(self, limit: int, per_request: int) -> None:
-        self.limit = limit
-        self.per_request = per_request
-        self.in_use = 0
-        self.held: dict[object, int] = {}
-        self.waiting: "collections.OrderedDict[object, collections.deque[asyncio.Future[None]]]" = \
-            collections.OrderedDict()
-
-    def slot(self, key: object) -> "_Slot":
-        return _Slot(self, key)
-
-    async def acquire(self, key: object) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiting.setdefault(key, collections.deque()).append(future)
-        self._dispatch()
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release(key)  # granted as the cancellation arrived: hand the slot on
-            else:
-                future.cancel()
-                self._forget_done(key)
-            raise
-
-    def release(self, key: object) -> None:
-        self.in_use -= 1
-        left = self.held.get(key, 1) - 1
-        if left:
-            self.held[key] = left
-        else:
-            self.held.pop(key, None)
-        self._dispatch()
-
-    def _forget_done(self, key: object) -> None:
-        queue = self.waiting.get(key)
-        while queue and queue[0].done():
-            queue.popleft()
-        if queue is not None and not queue:
-            del self.waiting[key]
-
-    def _dispatch(self) -> None:
-        while self.in_use < self.limit:
-            best = None
-            for key in list(self.waiting):
-                self._forget_done(key)
-                if key not in self.waiting or self.held.get(key, 0) >= self.per_request:
-                    continue
-                if best is None or self.held.get(key, 0) < self.held.get(best, 0):
-                    best = key
-            if best is None:
-                return
-            future = self.waiting[best].popleft()
-            self.waiting.move_to_end(best)  # equal holders take turns
-            self._forget_done(best)
-            self.in_use += 1
-            self.held[best] = self.held.get(best, 0) + 1
-            future.set_result(None)
-
-
-class _Slot:
-    def __init__(self, limiter: FairLimiter, key: object) -> None:
-        self.limiter, self.key = limiter, key
-
-    async def __aenter__(self) -> None:
-        await self.limiter.acquire(self.key)
-
-    async def __aexit__(self, *exc: Any) -> None:
-        self.limiter.release(self.key)
-
-
-def _limiter() -> FairLimiter:
-    loop = asyncio.get_running_loop()
-    limiter = _limiters.get(loop)
-    if limiter is None:
-        limiter = FairLimiter(_max_concurrency, per_request_limit(_max_concurrency))
-        _limiters[loop] = limiter
-    return limiter
-
-
-class _NoLimit:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
-
-
-# --------------------------------------------------------------------------- per-request budget
-class SubCallBudget:
-    """The leaf sub-calls one top-level request may still make, shared with every composite nested in it
-    (a nested composite runs inside its parent's `litellm.acompletion` call and finds the budget in a
-    context variable). Also the request's identity for the fair limiter."""
-
-    def __init__(self, limit: int, where: str) -> None:
-        self.limit = limit
-        self.used = 0
-        self.where = where
-
-    def take(self, what: str) -> None:
-        if self.used >= self.limit:
-            raise CompositeConfigError(
-                f"{self.where}: {what} would be leaf sub-call {self.used + 1} of a request limited to "
-                f"settings.max_sub_calls={self.limit}")
-        self.used += 1
-
-
-_BUDGET: ContextVar[Optional[SubCallBudget]] = ContextVar("composite_llm_budget", default=None)
-
-
-def current_budget() -> Optional[SubCallBudget]:
-    """The budget of the request this code runs inside (None at top level)."""
-    return _BUDGET.get()
-
-
-class _InBudget:
-    """Makes `budget` the current one while a nested composite call runs in this task."""
-
-    def __init__(self, budget: Optional[SubCallBudget]) -> None:
-        self.budget = budget
-        self.token: Any = None
-
-    def __enter__(self) -> None:
-        if self.budget is not None:
-            self.token = _BUDGET.set(self.budget)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.token is not None:
-            _BUDGET.reset(self.token)
-
-
-# --------------------------------------------------------------------------- observed latency
-# Seconds a model took to answer, smoothed, per model string, in this process: what the deadline planner
-# reserves for a final stage it has seen before.
-_LATENCY: dict[str, float] = {}
-_LATENCY_WEIGHT = 0.3
-
-
-def observe_latency(model: str, seconds: float) -> None:
-    previous = _LATENCY.get(model)
-    _LATENCY[model] = seconds if previous is None else previous + _LATENCY_WEIGHT * (seconds - previous)
 
 
 # --------------------------------------------------------------------------- data
@@ -416,7 +245,7 @@ class RunContext:
     def _limit(self, call: PlannedCall) -> Any:
         # A nested composite is not a leaf call: holding a slot while its own members wait for one
         # could deadlock the limit, so only leaf calls take a slot.
-        return _NoLimit() if call.node.is_composite else _limiter().slot(self.budget)
+        return NoLimit() if call.node.is_composite else limiter().slot(self.budget)
 
     def _describe_error(self, call: PlannedCall, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -512,7 +341,7 @@ class RunContext:
                         # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result instead of
                         # raising when a cancellation arrives as the awaited call completes (the cancel is lost).
                         async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
-                            with _InBudget(self.budget if call.node.is_composite else None):
+                            with BudgetScope(self.budget if call.node.is_composite else None):
                                 self._sent(record, call, messages)
                                 response = await litellm.acompletion(
                                     **kwargs, timeout=self._configured_timeout(call, settings))
@@ -654,8 +483,8 @@ class RunContext:
             return settings.final_reserve_s
         if not self.final_calls:
             return min(total / 20, 2.0)
-        seen = [_LATENCY[c.model] for c in self.final_calls[:1] if c.model in _LATENCY]
-        reserve = min(total / 2, max(2 * seen[0], total / 5)) if seen else total / 3
+        seen = observed_latency(self.final_calls[0].model)
+        reserve = min(total / 2, max(2 * seen, total / 5)) if seen is not None else total / 3
         configured = self.final_calls[0].node.timeout_s
         return min(reserve, configured) if configured else reserve
 
@@ -707,7 +536,7 @@ class RunContext:
             kwargs = self._kwargs(call, messages, final=True, settings=settings)
             kwargs.update(stream=True, stream_options={"include_usage": True})
             stream = None
-            nested = _InBudget(self.budget if call.node.is_composite else None)
+            nested = BudgetScope(self.budget if call.node.is_composite else None)
             try:
                 if not call.node.is_composite:
                     self.budget.take(f"{call.role} {call.label}")
