@@ -42,6 +42,8 @@ MAX_COMPOSITE_DEPTH = 4
 # Slack on top of litellm's own timeout before the engine gives up on a sub-call itself.
 _TIMEOUT_SLACK_S = 1.0
 _MAX_BACKOFF_S = 5.0
+# Prompts up to this size are tokenized for an in-flight cost estimate; larger ones are estimated by length.
+_TOKENIZE_UP_TO_CHARS = 32_000
 
 ProgressFn = Callable[[str], None]
 
@@ -662,10 +664,14 @@ def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
 def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:
     """Prompt tokens and their price for a call that was sent but never answered (LiteLLM's tokenizer and
     price map, or the node's own `input_cost_per_token`)."""
+    size = sum(len(str(m.get("content") or "")) if isinstance(m, dict) else len(str(m)) for m in messages)
     try:
-        usage = UsageTotals(prompt_tokens=int(litellm.token_counter(model=call.model, messages=messages)))
+        # Tokenizing runs on the event loop: a huge prompt gets the usual 4-characters-a-token estimate.
+        tokens = (litellm.token_counter(model=call.model, messages=messages) if size <= _TOKENIZE_UP_TO_CHARS
+                  else size // 4)
     except Exception:  # noqa: BLE001 - no tokenizer: nothing to estimate from
         return UsageTotals(), None
+    usage = UsageTotals(prompt_tokens=int(tokens))
     return usage, _price(call, usage)
 
 
