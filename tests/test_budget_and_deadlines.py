@@ -10,7 +10,7 @@ import time
 import litellm
 import pytest
 
-from composite_llm import engine, limits
+from composite_llm import engine
 from composite_llm.errors import CompositeConfigError
 from conftest import user
 
@@ -139,7 +139,7 @@ async def test_cancelled_waiters_give_their_turn_back(server, call_kwargs, concu
     for task in doomed:
         task.cancel()
     await asyncio.gather(*doomed, return_exceptions=True)
-    limiter = limits.limiter()
+    limiter = engine.limiter()
     assert limiter.in_use == 0 and not limiter.held and not limiter.waiting
     response = await asyncio.wait_for(litellm.acompletion(model=MOA, messages=user("q"), proposers=["openai/p1"],
                                                           **call_kwargs), 10)
