@@ -10,11 +10,13 @@ repeated here. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
 
 import litellm
+import openai
 import pytest
 
 from composite_llm import engine
@@ -260,6 +262,92 @@ async def test_stream_stalls_before_the_first_token_hands_over_to_the_fallback(s
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "the fallback streamed this"
     assert time.monotonic() - started < 5
+
+
+# --------------------------------------------------------------------------- empty or broken final answers
+def _chunk(delta: dict, finish=None) -> str:
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "agg",
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def _completion(choices: list) -> str:
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "agg", "choices": choices})
+
+
+# 200 answers that carry no answer: each must count as a failed final stage, streamed or not.
+BROKEN_FINAL = {
+    "empty choices": dict(raw_body=_completion([])),
+    "null content": dict(raw_body=_completion([{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": None}}])),
+    "an error body with status 200": dict(raw_body=json.dumps({"error": {"message": "overloaded", "type": "x"}})),
+    "stream: no finish_reason": dict(raw_stream=[_chunk({"role": "assistant", "content": ""}), "[DONE]"]),
+    "stream: finish_reason but no text": dict(raw_stream=[_chunk({"role": "assistant", "content": ""}),
+                                                          _chunk({}, "stop"), "[DONE]"]),
+    "stream: nothing at all": dict(raw_stream=["[DONE]"]),
+    "stream: garbage": dict(raw_stream=["<html>502 Bad Gateway</html>", "[DONE]"]),
+}
+# Stream-only faults are tried streamed; the bodies both ways.
+BROKEN_CASES = [pytest.param(case, stream, id=f"{case}-{'streamed' if stream else 'complete'}")
+                for case in BROKEN_FINAL for stream in (False, True) if stream or not case.startswith("stream")]
+
+
+async def _answer(stream: bool, **kwargs):
+    """The text and finish_reason a client gets, streamed or not."""
+    response = await litellm.acompletion(messages=user("q"), stream=stream, **kwargs)
+    if not stream:
+        return response.choices[0].message.content, response.choices[0].finish_reason, _trace(response)
+    text, finish, trace = "", None, None
+    async for chunk in response:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        fields = getattr(chunk.choices[0].delta, "provider_specific_fields", None) if chunk.choices else None
+        trace = (fields or {}).get("composite", trace)
+    return text, finish, trace
+
+
+@pytest.mark.parametrize(("case", "stream"), BROKEN_CASES)
+async def test_an_empty_or_broken_final_answer_runs_the_fallback(server, explicit_profiles, call_kwargs, case,
+                                                                  stream):
+    _script(server)
+    server.set_model("agg", **BROKEN_FINAL[case])
+    server.set_model("agg2", reply="the fallback answered")
+    explicit_profiles({"profiles": {"fb": {"strategy": "moa", "topology": {
+        "aggregator": {"model": "openai/agg", "fallbacks": ["openai/agg2"]},
+        "proposers": ["openai/p1"], "settings": {"retries": 0}}}}})
+    text, finish, trace = await asyncio.wait_for(_answer(stream, model="composite/profile/fb", **call_kwargs), 20)
+    assert text == "the fallback answered"
+    assert finish == "stop"
+    if trace is not None:
+        assert trace["degraded"] is True and trace["failed_members"] == ["aggregator openai/agg"]
+
+
+@pytest.mark.parametrize(("case", "stream"), BROKEN_CASES)
+async def test_an_empty_or_broken_final_answer_without_fallbacks_is_an_error(server, call_kwargs, case, stream):
+    _script(server)
+    server.set_model("agg", **BROKEN_FINAL[case])
+    with pytest.raises(openai.APIError) as raised:
+        await asyncio.wait_for(_answer(stream, model=MOA, proposers=["openai/p1"], **call_kwargs), 20)
+    assert "aggregator openai/agg" in str(raised.value)
+
+
+async def test_a_stream_cut_off_after_tokens_is_an_error_never_a_clean_finish(server, call_kwargs):
+    """Tokens reached the client, then the upstream stream ended without a finish_reason: the client gets
+    an error after the partial text (LiteLLM would otherwise close it with a synthetic `stop`)."""
+    _script(server)
+    server.set_model("agg", raw_stream=[_chunk({"role": "assistant", "content": ""}), _chunk({"content": "Half"}),
+                                        _chunk({"content": " an answer"}), "[DONE]"])
+    stream = await litellm.acompletion(model=MOA, messages=user("q"), proposers=["openai/p1"], stream=True,
+                                       **call_kwargs)
+    text, finishes = "", []
+    with pytest.raises(openai.APIError) as raised:
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finishes.append(chunk.choices[0].finish_reason)
+    assert text == "Half an answer"
+    assert not any(finishes)
+    assert "without a finish_reason" in str(raised.value)
 
 
 # --------------------------------------------------------------------------- council reviewers

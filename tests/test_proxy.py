@@ -191,6 +191,7 @@ def _test_config(fake_base_url: str) -> dict[str, Any]:
         },
         "general_settings": {
             "master_key": "os.environ/LITELLM_MASTER_KEY",
+            "cancel_on_disconnect": True,  # as in the example config
             "composite_llm": {
                 "providers": {"fake": {"litellm_params": {"api_base": fake_base_url,
                                                           "api_key": "os.environ/FAKE_UPSTREAM_KEY"}}},
@@ -375,6 +376,86 @@ def test_streaming_returns_aggregator_tokens_and_final_usage(proxy, server):
     records = _spend_records(proxy, call_id)
     assert len(records) == 1 and records[0]["stream"], records
     assert records[0]["response_cost"] == pytest.approx(_expected_cost(server), rel=1e-6)
+
+
+def _stream_and_leave(proxy: ProxyProcess, body: dict[str, Any], leave_when) -> str:
+    """Stream through the proxy and drop the connection once `leave_when(text so far)` holds; the call id."""
+    text = ""
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
+        with client.stream("POST", f"{proxy.base_url}/v1/chat/completions", json=body,
+                           headers=proxy.headers) as response:
+            assert response.status_code == 200, f"{response.read()!r}\n{proxy.log_tail()}"
+            call_id = response.headers["x-litellm-call-id"]
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    for choice in json.loads(line[len("data: "):]).get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        text += (delta.get("reasoning_content") or "") + (delta.get("content") or "")
+                if leave_when(text):
+                    return call_id
+    raise AssertionError(f"the stream ended before the moment to leave: {text[-300:]!r}")
+
+
+def _answered_cost(server, model: str) -> float:
+    price = FINAL_PRICE if model in FINAL_MODELS else PROPOSER_PRICE
+    return sum(r.prompt_tokens * price["input_cost_per_token"]
+               + count_tokens(_reply(r.model)) * price["output_cost_per_token"] for r in server.requests_for(model))
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_client_leaving_while_members_run_is_billed_and_stops_them(proxy, server):
+    """Spend tracking bills a dropped stream from the cost the composite keeps current: the answered
+    members, plus the prompt of the one cancelled in flight; that member's upstream request is closed."""
+    _script(server, p3={"latency_s": 20})
+    body = {"model": "moa_test", "messages": _user("leave while they think"), "stream": True}
+    call_id = _stream_and_leave(proxy, body, lambda text: "proposer openai/p1" in text and "proposer openai/p2" in text)
+    assert _wait(lambda: not server.open_requests, 5), [r.model for r in server.open_requests]
+    records = _spend_records(proxy, call_id, timeout=15)
+    assert len(records) == 1, f"{records}\n{proxy.log_tail()}"
+    p3_prompt = litellm.token_counter(model="openai/p3", messages=server.requests_for("p3")[0].messages)
+    expected = (_answered_cost(server, "p1") + _answered_cost(server, "p2")
+                + p3_prompt * PROPOSER_PRICE["input_cost_per_token"])
+    assert records[0]["response_cost"] == pytest.approx(expected, rel=1e-6)
+    assert not server.requests_for("agg")
+
+
+def test_a_client_leaving_a_fast_answer_stops_the_upstream_and_is_billed(proxy, server):
+    """A 20,000-token aggregator answer, every chunk already buffered; the client leaves after 5 tokens. The
+    proxy's composite stops reading (the upstream sees the disconnect long before the end) and the spend
+    record holds the members and the aggregator's share so far."""
+    words = 20_000
+    _script(server, agg={"reply": " ".join(f"w{i}" for i in range(words))})
+    body = {"model": "moa_test", "messages": _user("leave a fast answer"), "stream": True}
+    call_id = _stream_and_leave(proxy, body, lambda text: "w4 " in text)
+    assert _wait(lambda: not server.open_requests, 5), [(r.model, r.chunks_sent) for r in server.open_requests]
+    aggregator = server.requests_for("agg")[0]
+    assert aggregator.disconnected and aggregator.chunks_sent < words
+    records = _spend_records(proxy, call_id, timeout=15)
+    assert len(records) == 1, f"{records}\n{proxy.log_tail()}"
+    members = sum(_answered_cost(server, p) for p in ("p1", "p2", "p3"))
+    assert records[0]["response_cost"] > members + 5 * FINAL_PRICE["output_cost_per_token"]
+
+
+def test_a_non_streaming_client_that_leaves_cancels_the_fan_out(proxy, server):
+    """With `cancel_on_disconnect` (the example config sets it) the proxy cancels the request of a client
+    that gave up, and the composite cancels every sub-call: the slow member's upstream request is closed
+    seconds later instead of running its full 20 s, and the aggregator is never called."""
+    _script(server, p3={"latency_s": 20})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy.base_url}/v1/chat/completions", headers=proxy.headers, timeout=2,
+                   json={"model": "moa_test", "messages": _user("I will not wait")})
+    assert _wait(lambda: len(server.requests_for("p3")) == 1 and not server.open_requests, 8), \
+        [r.model for r in server.open_requests]
+    assert server.requests_for("p3")[0].disconnected
+    assert not server.requests_for("agg")
 
 
 def test_council_profile_through_proxy(proxy, server):

@@ -199,3 +199,57 @@ async def test_stream_stall_mid_answer_raises_not_hangs(server, call_kwargs):
             pass
     assert time.monotonic() - started < 6
     assert API_KEY not in str(info.value)
+
+
+# --------------------------------------------------------------------------- a client that leaves early
+def _cost_of(server, model: str) -> float:
+    """The exact cost of the answered requests to `model` (prices of `_priced_profile`)."""
+    return sum(r.prompt_tokens * 1e-6 + len(_reply_of(server, r).split()) * 2e-6 for r in server.requests_for(model))
+
+
+async def _read_until(stream, predicate) -> None:
+    seen: list[str] = []
+    async for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            seen.append((getattr(delta, "reasoning_content", None) or "") + (delta.content or ""))
+        if predicate("".join(seen)):
+            return
+    raise AssertionError("the stream ended before the moment to leave")
+
+
+async def test_a_client_leaving_while_members_run_is_billed_for_what_ran(server, explicit_profiles, call_kwargs):
+    """The cost LiteLLM's stream logging reads (what the proxy bills a disconnected stream from) holds the
+    answered members, and the one in flight at its prompt's estimated price (LiteLLM's tokenizer)."""
+    _script(server)
+    server.set_model("p3", reply="proposal p3", latency_s=30)
+    explicit_profiles(_priced_profile(server))
+    stream = await litellm.acompletion(model="composite/profile/priced", messages=user("leave early"), stream=True,
+                                       **call_kwargs)
+    await asyncio.wait_for(_read_until(stream, lambda text: "proposer openai/p1" in text
+                                       and "proposer openai/p2" in text), 20)
+    answered = _cost_of(server, "p1") + _cost_of(server, "p2")
+    p3_prompt = litellm.token_counter(model="openai/p3", messages=server.requests_for("p3")[0].messages) * 1e-6
+    # kept current while the stream runs: landed costs plus the in-flight member's prompt
+    assert stream.logging_obj._provider_reported_cost == pytest.approx(answered + p3_prompt, rel=1e-9)
+    await stream.aclose()
+    assert stream.logging_obj._provider_reported_cost == pytest.approx(answered + p3_prompt, rel=1e-9)
+    assert not server.requests_for("agg")
+
+
+async def test_a_client_leaving_after_the_last_token_is_billed_for_the_final_stage(server, explicit_profiles,
+                                                                                   call_kwargs):
+    """Every content token arrived, the upstream's usage chunk did not: the aggregator is billed from the
+    chunks read (its prompt and the tokens streamed), on top of the three members."""
+    _script(server)
+    server.set_model("agg", reply="final streamed answer in several words", stall_after_chunks=6)
+    explicit_profiles(_priced_profile(server))
+    stream = await litellm.acompletion(model="composite/profile/priced", messages=user("leave at the end"),
+                                       stream=True, **call_kwargs)
+    await asyncio.wait_for(_read_until(stream, lambda text: text.endswith("several words")), 20)
+    await stream.aclose()
+    members = sum(_cost_of(server, p) for p in ("p1", "p2", "p3"))
+    billed = stream.logging_obj._provider_reported_cost
+    # the aggregator's share: its prompt (LiteLLM's tokenizer) and 6 streamed words at the node's prices
+    assert billed > members + 6 * 2e-6
+    assert billed < members + 5e-3

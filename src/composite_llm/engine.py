@@ -13,8 +13,8 @@ import asyncio
 import os
 import random
 import re
+import sys
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
 
@@ -22,8 +22,19 @@ import litellm
 
 from . import errors, router_members
 from .errors import CompositeConfigError
+from .limits import (  # noqa: F401 - set_max_concurrency and its default stay importable from here
+    _DEFAULT_MAX_CONCURRENCY,
+    BudgetScope,
+    NoLimit,
+    SubCallBudget,
+    current_budget,
+    limiter,
+    observe_latency,
+    observed_latency,
+    set_max_concurrency,
+)
 from .redact import redact, secret_values_in
-from .schema import ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
+from .schema import DEFAULT_MAX_SUB_CALLS, ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
 from .trace import SubCallRecord, Trace, preview
 from .usage import PRICE_KEYS, UNSUPPORTED_PRICE_KEYS, UsageTotals, priced_cost, response_cost
 
@@ -32,40 +43,10 @@ MAX_COMPOSITE_DEPTH = 4
 # Slack on top of litellm's own timeout before the engine gives up on a sub-call itself.
 _TIMEOUT_SLACK_S = 1.0
 _MAX_BACKOFF_S = 5.0
+# Prompts up to this size are tokenized for an in-flight cost estimate; larger ones are estimated by length.
+_TOKENIZE_UP_TO_CHARS = 32_000
 
 ProgressFn = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- concurrency limit
-_DEFAULT_MAX_CONCURRENCY = int(os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY", "256"))
-_max_concurrency = _DEFAULT_MAX_CONCURRENCY
-_semaphores: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
-
-
-def set_max_concurrency(limit: int) -> None:
-    """Cap the leaf sub-calls in flight per event loop (per process for the usual single loop)."""
-    global _max_concurrency
-    if limit < 1:
-        raise ValueError("max concurrency must be at least 1")
-    _max_concurrency = limit
-    _semaphores.clear()
-
-
-def _semaphore() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    sem = _semaphores.get(loop)
-    if sem is None:
-        sem = asyncio.Semaphore(_max_concurrency)
-        _semaphores[loop] = sem
-    return sem
-
-
-class _NoLimit:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
 
 
 # --------------------------------------------------------------------------- data
@@ -163,12 +144,15 @@ class RunContext:
         stack: Sequence[str] = (),
         progress: Optional[ProgressFn] = None,
         where: str = "",
+        max_sub_calls: Optional[int] = None,
+        on_cost: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.trace = trace
         self.providers = providers
         self.shared_params = shared_params
         self.final_params = final_params
         self.defaults = {k: v for k, v in defaults.items() if v}
+        self.timeout = timeout or None
         self.deadline = time.monotonic() + timeout if timeout else None
         self.depth = depth
         self.stack = tuple(stack)
@@ -176,6 +160,21 @@ class RunContext:
         self.where = where or trace.model
         self.rng = random.Random(trace.request_id)
         trace.secrets |= secret_values_in(self.defaults)  # previews and progress lines are redacted with them
+        # A nested composite spends its parent request's budget; a top-level request starts its own.
+        self.budget = current_budget() or SubCallBudget(max_sub_calls or DEFAULT_MAX_SUB_CALLS, self.where)
+        self.final_calls: list[PlannedCall] = []
+        # Told the request's cost so far whenever a sub-call lands, so a client that leaves early is billed
+        # for what already ran (the streaming provider keeps LiteLLM's logging object up to date with it).
+        self.on_cost = on_cost
+        self.abandoned = False
+        # Estimated cost of sub-calls sent and not landed yet (their prompt, and a streamed answer's tokens so
+        # far), reported with the landed costs: the proxy bills a dropped stream before this request's own
+        # cleanup runs, so the in-flight part must already be in the reported cost.
+        self._provisional: dict[int, float] = {}
+
+    def expect_final(self, calls: Sequence[PlannedCall]) -> None:
+        """Name the final stage (with fallbacks) before the fan-outs run, so they can leave it time."""
+        self.final_calls = list(calls)
 
     # ------------------------------------------------------------------ planning
     def plan(self, node: NodeConfig, *, role: str, stage: str) -> PlannedCall:
@@ -272,7 +271,7 @@ class RunContext:
     def _limit(self, call: PlannedCall) -> Any:
         # A nested composite is not a leaf call: holding a slot while its own members wait for one
         # could deadlock the limit, so only leaf calls take a slot.
-        return _NoLimit() if call.node.is_composite else _semaphore()
+        return NoLimit() if call.node.is_composite else limiter().slot(self.budget)
 
     def _describe_error(self, call: PlannedCall, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -290,9 +289,46 @@ class RunContext:
     def add_record(self, record: SubCallRecord) -> None:
         """Add a finished record to the ledger and report it as progress. The progress line is only
         formatted when someone listens (streaming); non-streamed requests skip that work."""
-        self.trace.add(record)
+        self._land(record)
         if self.progress is not None:
             self.progress(self.trace.describe(record))
+
+    def _land(self, record: SubCallRecord) -> None:
+        estimated = self._provisional.pop(id(record), None)
+        if record.status == "dropped" and record.cost is None and estimated is not None \
+                and (self.abandoned or record.streamed):
+            # Sent, then cancelled because the client left: the upstream still bills the prompt.
+            record.cost = estimated
+            record.extra["cost_estimated"] = True
+        self.trace.add(record)
+        if self.on_cost is not None and (record.cost or estimated):
+            self._report_cost()
+
+    def _report_cost(self) -> None:
+        if self.on_cost is not None:
+            self.on_cost(self.trace.cost + sum(self._provisional.values()))
+
+    def _sent(self, record: SubCallRecord, call: PlannedCall, messages: list[Any]) -> Optional[float]:
+        """A leaf call is on the wire: when someone follows the cost (streaming), count its prompt's estimated
+        price as spent until it lands. Returns the price of one answer token (None: unpriced)."""
+        if self.on_cost is None or call.node.is_composite or id(record) in self._provisional:
+            return None
+        _usage, cost = _prompt_estimate(call, messages)
+        if cost is not None:
+            self._provisional[id(record)] = cost
+            self._report_cost()
+        return _price(call, UsageTotals(completion_tokens=1))
+
+    def _streamed_token(self, record: SubCallRecord, token_price: Optional[float]) -> None:
+        if token_price and id(record) in self._provisional:
+            self._provisional[id(record)] += token_price
+            self._report_cost()
+
+    def abandon(self) -> None:
+        """The client left. Call before cancelling the sub-calls in flight: each keeps its estimated cost
+        (marked `cost_estimated`) when it lands as dropped, so the request is billed for what ran."""
+        self.abandoned = True
+        self._report_cost()
 
     def _record(self, call: PlannedCall) -> SubCallRecord:
         return SubCallRecord(stage=call.stage, role=call.role, label=call.label, model=call.model,
@@ -323,6 +359,8 @@ class RunContext:
     ) -> MemberResult:
         """Run one sub-call with retries. Failures are recorded and returned, never raised;
         cancellation is recorded as a dropped member and re-raised."""
+        if not call.node.is_composite:
+            self.budget.take(f"{call.role} {call.label}")
         record = self._record(call)
         kwargs = self._kwargs(call, messages, final=final, settings=settings)
         started = time.monotonic()
@@ -332,11 +370,15 @@ class RunContext:
                 try:
                     timeout = self._timeout_for(call, settings)
                     async with self._limit(call):
-                        response = await asyncio.wait_for(
-                            self._acompletion_for(call)(**kwargs, timeout=self._configured_timeout(call, settings)),
-                            self._wait_limit(call, settings, timeout),
-                        )
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result instead of
+                        # raising when a cancellation arrives as the awaited call completes (the cancel is lost).
+                        async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
+                            with BudgetScope(self.budget if call.node.is_composite else None):
+                                self._sent(record, call, messages)
+                                response = await self._acompletion_for(call)(
+                                    **kwargs, timeout=self._configured_timeout(call, settings))
                     self._accept(result, response, final=final)
+                    observe_latency(call.model, time.monotonic() - started)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -386,8 +428,17 @@ class RunContext:
         record.preview = preview(self.trace.redact(text))  # redacted whole, then cut (never half a key)
         result.text, result.message, result.response = text, message, response
         result.finish_reason = getattr(choice, "finish_reason", None)
-        if not text.strip() and not tool_calls and not final:
-            raise _EmptyAnswer("the model returned an empty answer")
+        if not text.strip() and not tool_calls:
+            if final and self._cut_by_the_client(result.finish_reason, call=result.call):
+                return  # the client's own max_tokens ended the answer before any text: a plain model's answer
+            # An empty answer is a failure at every stage: a member's would reach no prompt, a final stage's
+            # would reach the client as a clean, empty "success"; its fallbacks run instead.
+            raise _EmptyAnswer("the model returned no answer" + ("" if choice is not None else " (no choices)"))
+
+    def _cut_by_the_client(self, finish_reason: Optional[str], *, call: PlannedCall) -> bool:
+        """True when a `length` finish comes from a token cap the client (or the node) set."""
+        caps = ("max_tokens", "max_completion_tokens")
+        return finish_reason == "length" and any(k in self.final_params or k in call.params for k in caps)
 
     # ------------------------------------------------------------------ fan-out
     async def fan_out(
@@ -404,13 +455,22 @@ class RunContext:
         tasks = [asyncio.ensure_future(self.call(call, messages, settings=settings)) for call, messages in items]
         loop = asyncio.get_running_loop()
         stage_deadline = loop.time() + settings.deadline_s if settings.deadline_s else None
+        # With a request deadline, the stage stops waiting for stragglers once the quorum answered and only
+        # the final stage's reserve is left (before that point it waits as usual).
+        planned_end = self._planned_stage_end(settings)
+        planned_end = None if planned_end is None else loop.time() + planned_end
         grace_end: Optional[float] = None
         pending = set(tasks)
+        answered = 0
+        cut_for_deadline = False
         try:
             while pending:
-                limits = [t for t in (stage_deadline, grace_end) if t is not None]
+                # (a stage that needs no answer, like optional reviews, is cut at the planned point as well)
+                enough = answered >= needed
+                limits = [t for t in (stage_deadline, grace_end, planned_end if enough else None) if t is not None]
                 wait_s = min(limits) - loop.time() if limits else None
                 if wait_s is not None and wait_s <= 0:
+                    cut_for_deadline = planned_end is not None and loop.time() >= planned_end
                     break
                 done, pending = await asyncio.wait(pending, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                 answered = sum(1 for t in tasks if t.done() and not t.cancelled() and t.result().ok)
@@ -435,9 +495,40 @@ class RunContext:
                               self._record(call))
                 results.append(MemberResult(call=call, record=record))
         outcome = StageResult(stage=stage, results=results)
+        if cut_for_deadline:
+            stragglers = [f"{r.call.role} {r.call.label}" for r in outcome.results if r.record.status == "dropped"]
+            if stragglers:
+                self.trace.notes.append(
+                    f"{stage}: stopped waiting for {', '.join(stragglers)} to leave the final stage "
+                    f"{self._final_reserve(settings):.1f} s of the request timeout")
         if len(outcome.answers) < needed:
             raise self.too_few(outcome, needed)
         return outcome
+
+    # ------------------------------------------------------------------ deadline planning
+    def _final_reserve(self, settings: FanOutSettings) -> float:
+        """Seconds of the request timeout kept for the final stage.
+
+        The setting when given; else twice the final model's observed latency, at least a fifth and at most
+        half of the timeout (a loaded machine and LiteLLM's own overhead need slack), or a third of the
+        timeout for a model not seen yet; never more than the final node's own timeout. Strategies with no final call (votes) keep a twentieth, to answer before the client's
+        own timeout fires."""
+        total = self.timeout or 0.0
+        if settings.final_reserve_s is not None:
+            return settings.final_reserve_s
+        if not self.final_calls:
+            return min(total / 20, 2.0)
+        seen = observed_latency(self.final_calls[0].model)
+        reserve = min(total / 2, max(2 * seen, total / 5)) if seen is not None else total / 3
+        configured = self.final_calls[0].node.timeout_s
+        return min(reserve, configured) if configured else reserve
+
+    def _planned_stage_end(self, settings: FanOutSettings) -> Optional[float]:
+        """Seconds from now until a fan-out should stop waiting for stragglers (None: no request deadline)."""
+        remaining = self.remaining()
+        if remaining is None:
+            return None
+        return max(remaining - self._final_reserve(settings), 0.0)
 
     def too_few(self, outcome: StageResult, needed: int) -> Exception:
         """The LiteLLM exception for a stage with fewer than `needed` answers, listing each failure."""
@@ -488,19 +579,30 @@ class RunContext:
             kwargs = self._kwargs(call, messages, final=True, settings=settings)
             kwargs.update(stream=True, stream_options={"include_usage": True})
             stream = None
+            nested = BudgetScope(self.budget if call.node.is_composite else None)
             try:
+                if not call.node.is_composite:
+                    self.budget.take(f"{call.role} {call.label}")
                 timeout = self._timeout_for(call, settings)
                 async with self._limit(call):
-                    stream = await asyncio.wait_for(
-                        self._acompletion_for(call)(**kwargs, timeout=self._configured_timeout(call, settings)),
-                        self._wait_limit(call, settings, timeout))
+                    async with asyncio.timeout(self._wait_limit(call, settings, timeout)):
+                        with nested:
+                            token_price = self._sent(record, call, messages)
+                            stream = await self._acompletion_for(call)(
+                                **kwargs, timeout=self._configured_timeout(call, settings))
                     text_parts: list[str] = []
+                    finish_reason: Optional[str] = None
+                    saw_tool_calls = False
                     iterator = stream.__aiter__()
                     while True:
                         remaining = self.remaining()
                         idle = timeout if remaining is None else min(timeout, max(remaining, 0.001))
                         try:
-                            chunk = await asyncio.wait_for(iterator.__anext__(), idle + _TIMEOUT_SLACK_S)
+                            # Not wait_for (see `call`): a dropped client must stop this loop at once, even
+                            # when the next chunk is already buffered.
+                            async with asyncio.timeout(idle + _TIMEOUT_SLACK_S):
+                                with nested:  # a nested composite's stream runs its stages in here
+                                    chunk = await iterator.__anext__()
                         except StopAsyncIteration:
                             break
                         chunks.append(chunk)
@@ -509,20 +611,34 @@ class RunContext:
                             continue
                         if piece.content:
                             text_parts.append(piece.content)
-                        sent_any = True
+                            self._streamed_token(record, token_price)
+                        finish_reason = piece.finish_reason or finish_reason
+                        saw_tool_calls = saw_tool_calls or bool(piece.tool_calls)
+                        sent_any = sent_any or bool(piece.content or piece.reasoning or piece.tool_calls)
                         yield piece
+                    # A stream that stops without a finish_reason was cut off; one without text or tool calls
+                    # said nothing. Either is a failure: a fallback before the client saw anything, else an error
+                    # (never a clean finish of a truncated answer).
+                    if _upstream_finish(stream, finish_reason) is None:
+                        raise _BrokenStream("the stream ended without a finish_reason (cut off)")
+                    if not "".join(text_parts).strip() and not saw_tool_calls \
+                            and not self._cut_by_the_client(finish_reason, call=call):
+                        raise _EmptyAnswer("the model returned no answer")
                 record.usage, record.cost = _stream_accounting(chunks, messages, call.price)
                 record.preview = preview(self.trace.redact("".join(text_parts)))
                 record.latency_s = time.monotonic() - started
-                self.trace.add(record)
+                observe_latency(call.model, record.latency_s)
+                self._land(record)
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # The client left mid-answer: bill what the upstream already produced (its prompt and the
+                # tokens read so far), counted from the chunks, before the error leaves this generator.
                 record.status, record.latency_s = "dropped", time.monotonic() - started
-                self.trace.add(record)
-                raise
-            except GeneratorExit:
-                record.status, record.latency_s = "dropped", time.monotonic() - started
-                self.trace.add(record)
+                if chunks and not call.node.is_composite:
+                    record.usage, record.cost = _stream_accounting(chunks, messages, call.price)
+                    if record.cost is None:
+                        record.cost = _price(call, record.usage)
+                self._land(record)  # no chunks yet: the prompt's estimate (see _land)
                 raise
             except CompositeConfigError:
                 raise
@@ -555,7 +671,30 @@ async def _aclose_quietly(stream: Any) -> None:
 
 
 class _EmptyAnswer(Exception):
-    """A member answered with nothing; it counts as failed so nothing empty reaches another prompt."""
+    """A sub-call answered with nothing: a failed member (nothing empty reaches another prompt) or a failed
+    final stage (its fallbacks run; the client never gets an empty "success")."""
+
+
+class _BrokenStream(Exception):
+    """A streamed final stage ended without a finish_reason: the answer was cut off."""
+
+
+def _upstream_finish(stream: Any, seen: Optional[str]) -> Optional[str]:
+    """The finish_reason the upstream itself sent. LiteLLM's stream wrapper ends a stream that had none with
+    a synthetic "stop", which would pass a cut-off answer as complete; it keeps the real one apart."""
+    if _is_router_stream(stream):
+        # The Router's wrapper re-yields an inner wrapper's chunks and records no finish of its own: the chunks'
+        # finish reason is all there is (a cut-off stream through the Router can look complete; TECH.md).
+        return seen
+    if hasattr(stream, "received_finish_reason"):
+        return getattr(stream, "received_finish_reason", None) or getattr(stream, "intermittent_finish_reason", None)
+    return seen
+
+
+def _is_router_stream(stream: Any) -> bool:
+    router_module = sys.modules.get("litellm.router")
+    wrapper = getattr(router_module, "FallbackAwareStreamWrapper", None) if router_module is not None else None
+    return wrapper is not None and isinstance(stream, wrapper)
 
 
 def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
@@ -571,6 +710,32 @@ def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
     if not (content or reasoning or tool_calls or finish):
         return None
     return StreamPiece(content=content, reasoning=reasoning, tool_calls=tool_calls or None, finish_reason=finish)
+
+
+def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:
+    """Prompt tokens and their price for a call that was sent but never answered (LiteLLM's tokenizer and
+    price map, or the node's own `input_cost_per_token`)."""
+    size = sum(len(str(m.get("content") or "")) if isinstance(m, dict) else len(str(m)) for m in messages)
+    try:
+        # Tokenizing runs on the event loop: a huge prompt gets the usual 4-characters-a-token estimate.
+        tokens = (litellm.token_counter(model=call.model, messages=messages) if size <= _TOKENIZE_UP_TO_CHARS
+                  else size // 4)
+    except Exception:  # noqa: BLE001 - no tokenizer: nothing to estimate from
+        return UsageTotals(), None
+    usage = UsageTotals(prompt_tokens=int(tokens))
+    return usage, _price(call, usage)
+
+
+def _price(call: PlannedCall, usage: UsageTotals) -> Optional[float]:
+    """What `usage` costs on this node: its own per-token prices, else LiteLLM's price map (None: unpriced)."""
+    if call.price:
+        return priced_cost(usage, call.price)
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=call.model, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        return float(prompt_cost) + float(completion_cost)
+    except Exception:  # noqa: BLE001 - a model LiteLLM has no price for
+        return None
 
 
 def _stream_accounting(chunks: list[Any], messages: list[Any],

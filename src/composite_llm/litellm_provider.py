@@ -7,6 +7,7 @@ fan-out stays parallel. Errors leave as LiteLLM exception types so status codes 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Iterator, Optional, Union
@@ -79,19 +80,29 @@ class CompositeProvider(CustomLLM):
         except Exception as exc:  # noqa: BLE001
             raise errors.for_client(exc)
         chunker = StreamChunker(request.display_model, request.request_id)
+
+        def report_cost(cost: float) -> None:
+            # LiteLLM's streaming cost path reads the provider-reported cost (private attribute, pinned litellm
+            # version, guarded by a regression test). Kept current as sub-calls land: the proxy bills a client
+            # that disconnects mid-stream from it, and the final chunk may never be sent.
+            if logging_obj is not None:
+                logging_obj._provider_reported_cost = float(cost)
+
         try:
-            async with aclosing(service.stream(request)) as items:
+            async with aclosing(service.stream(request, on_cost=report_cost)) as items:
                 async for item in items:
                     if isinstance(item, Trace):
-                        # LiteLLM's streaming cost path reads the provider-reported cost (private attribute,
-                        # pinned litellm version, guarded by a regression test).
-                        if logging_obj is not None:
-                            logging_obj._provider_reported_cost = item.cost
+                        report_cost(item.cost)
                         yield chunker.final(item)
                         return
                     chunk = chunker.piece(item)
                     if chunk is not None:
                         yield chunk
+                        # A cancellation point per chunk. The proxy (Starlette under anyio) stops a stream whose
+                        # client left by cancelling the consumer task, but anyio skips a task whose awaited future
+                        # is already done; with upstream chunks always buffered that is every time, and the
+                        # stream ran to its end after the client had gone. A bare yield is always cancellable.
+                        await asyncio.sleep(0)
         except CompositeConfigError as exc:
             raise errors.for_client(_config_errors_as_bad_request(exc, model)) from None
         except Exception as exc:  # noqa: BLE001

@@ -248,6 +248,7 @@ def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -
         problems += router_members.check_profile(name, iter_nodes(topology))
         source.profiles[name] = LoadedProfile(name=name, strategy=strategy, topology=topology, origin=origin,
                                               providers=source.providers, description=spec.description)
+    problems += _over_budget(source)
     if problems:
         shown = problems[:MAX_LISTED_PROBLEMS]
         more = len(problems) - len(shown)
@@ -256,6 +257,27 @@ def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -
                                declared=frozenset(str(name) for name in data["profiles"])
                                if isinstance(data.get("profiles"), dict) else None)
     return source
+
+
+def _over_budget(source: "LoadedSource") -> list[str]:
+    """Profiles whose sub-calls per request exceed their `settings.max_sub_calls`, nested profiles of the same
+    document counted in (others are counted when a request uses them)."""
+    from .budget import check_budget, nested_resolver
+
+    class _Document:
+        @staticmethod
+        def get(name: str) -> LoadedProfile:
+            if name not in source.profiles:
+                raise CompositeConfigError(name)
+            return source.profiles[name]
+
+    problems = []
+    for name, profile in source.profiles.items():
+        try:
+            check_budget(profile.strategy, profile.topology, f"profile {name!r}", nested_resolver(_Document))
+        except CompositeConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _read_yaml(path: Path) -> Any:

@@ -12,6 +12,9 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ENV_REF_PREFIX = "os.environ/"
+# Leaf sub-calls one request may make unless its topology says otherwise: room for the large topologies
+# that make sense (a council of 16 reviewing, 64 self-consistency samples), not for a runaway fan-out.
+DEFAULT_MAX_SUB_CALLS = 100
 
 
 class StrictModel(BaseModel):
@@ -72,6 +75,13 @@ class FanOutSettings(StrictModel):
     member_timeout_s: per-call timeout for members that set none (also bounded by the request timeout).
     retries: extra attempts per sub-call on transient errors (429, 5xx, connection).
     member_tools: pass the client's tools to members too (by default only the final stage sees them).
+    final_reserve_s: with a request timeout, the time kept for the final stage: a fan-out stops waiting for
+        stragglers once `quorum` answered and only this much is left (None: twice the final model's observed
+        latency within a fifth to a half of the timeout, else a third; never more than the final node's
+        `timeout_s`).
+    max_sub_calls: the most leaf sub-calls (upstream model calls, nested composites' included, retries not)
+        one request may make; a topology that needs more is refused before any call (read from the
+        top-level request's topology).
     """
 
     quorum: int = Field(default=1, ge=1)
@@ -80,6 +90,8 @@ class FanOutSettings(StrictModel):
     member_timeout_s: Optional[float] = Field(default=None, gt=0)
     retries: int = Field(default=1, ge=0, le=5)
     member_tools: bool = False
+    final_reserve_s: Optional[float] = Field(default=None, ge=0)
+    max_sub_calls: int = Field(default=DEFAULT_MAX_SUB_CALLS, ge=1)
 
 
 class SampledNodes(StrictModel):

@@ -11,9 +11,11 @@ import asyncio
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
-from .engine import MemberResult, RunContext, StreamPiece
+from .budget import check_budget, max_sub_calls_of, nested_resolver
+from .engine import MemberResult, RunContext, StreamPiece, current_budget
+from .profiles import REGISTRY
 from .redact import redact
 from .request import CompositeRequest
 from .strategies import FinalCall, FinalText
@@ -29,7 +31,8 @@ class CompositeResult:
     trace: Trace
 
 
-def _context(request: CompositeRequest, trace: Trace, progress: Any = None) -> RunContext:
+def _context(request: CompositeRequest, trace: Trace, progress: Any = None,
+             on_cost: Optional[Callable[[float], None]] = None) -> RunContext:
     return RunContext(
         trace=trace,
         providers=request.providers,
@@ -41,7 +44,16 @@ def _context(request: CompositeRequest, trace: Trace, progress: Any = None) -> R
         stack=request.stack,
         progress=progress,
         where=request.display_model,
+        max_sub_calls=max_sub_calls_of(request.topology),
+        on_cost=on_cost,
     )
+
+
+def _check_size(request: CompositeRequest) -> None:
+    """A top-level request whose topology needs more sub-calls than its budget is refused before any call
+    (a nested composite's calls were counted by the request it belongs to)."""
+    if current_budget() is None:
+        check_budget(request.strategy, request.topology, request.display_model, nested_resolver(REGISTRY.snapshot))
 
 
 def _finish(request: CompositeRequest, trace: Trace, error: Optional[BaseException] = None) -> None:
@@ -50,6 +62,7 @@ def _finish(request: CompositeRequest, trace: Trace, error: Optional[BaseExcepti
 
 
 async def run(request: CompositeRequest) -> CompositeResult:
+    _check_size(request)
     trace = request.new_trace()
     ctx = _context(request, trace)
     try:
@@ -69,20 +82,27 @@ async def run(request: CompositeRequest) -> CompositeResult:
     return result
 
 
-async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace]:
-    """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last."""
+async def stream(request: CompositeRequest, on_cost: Optional[Callable[[float], None]] = None
+                 ) -> AsyncIterator[StreamPiece | Trace]:
+    """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last.
+    `on_cost` hears the cost so far whenever it grows, and the full cost of what ran if the client leaves."""
+    _check_size(request)
     trace = request.new_trace()
     queue: asyncio.Queue[str] = asyncio.Queue()
-    ctx = _context(request, trace, progress=queue.put_nowait)
+    ctx = _context(request, trace, progress=queue.put_nowait, on_cost=on_cost)
     preparing = asyncio.ensure_future(request.strategy.prepare(ctx, request.topology, request.messages))
     try:
         yield StreamPiece(reasoning=f"composite {request.strategy.name} · {request.display_model}\n")
         while not preparing.done() or not queue.empty():
             if queue.empty():
                 getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({preparing, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
+                try:
+                    await asyncio.wait({preparing, getter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    # Also when the client leaves during the wait: a getter left pending is a task nobody ends.
+                    if not getter.done():
+                        getter.cancel()
+                if not getter.done() or getter.cancelled():
                     continue
                 line = getter.result()
             else:
@@ -98,10 +118,18 @@ async def stream(request: CompositeRequest) -> AsyncIterator[StreamPiece | Trace
                 async for piece in pieces:
                     yield piece
     except BaseException as exc:
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            ctx.abandon()  # before the members are cancelled: what they cost stays billed
+        cancelled_again = False
         if not preparing.done():
             preparing.cancel()
-            await asyncio.gather(preparing, return_exceptions=True)
+            try:
+                await asyncio.gather(preparing, return_exceptions=True)
+            except asyncio.CancelledError:
+                cancelled_again = True  # (anyio re-delivers) the members are cancelled already: finish the books
         _finish(request, trace, exc)
+        if cancelled_again and not isinstance(exc, asyncio.CancelledError):
+            raise asyncio.CancelledError
         raise
     _finish(request, trace)
     yield trace

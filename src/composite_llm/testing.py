@@ -63,6 +63,10 @@ class ModelBehavior:
     tool_calls: OpenAI tool_calls to return (finish_reason becomes "tool_calls").
     reasoning_tokens / cached_tokens: reported in usage details, to test exact accounting.
     finish_reason: report this instead of "stop" (e.g. "length": an answer cut off by its token limit).
+    raw_body: answer 200 with exactly this body (JSON content type, also to a streaming request), e.g.
+        `{"choices": []}` or an error object, for bodies that parse but carry no answer.
+    raw_stream: streaming only, send these SSE `data:` payloads verbatim (then nothing else: add
+        "[DONE]" yourself), e.g. a stream without a finish_reason or with garbage lines.
     """
 
     reply: Union[str, ReplyFn, None] = None
@@ -79,6 +83,8 @@ class ModelBehavior:
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     finish_reason: Optional[str] = None
+    raw_body: Optional[str] = None
+    raw_stream: Optional[list[str]] = None
 
 
 @dataclass
@@ -91,6 +97,8 @@ class RecordedRequest:
     started: float
     finished: Optional[float] = None
     status: int = 200
+    chunks_sent: int = 0
+    disconnected: bool = False  # the client closed the connection before the answer was complete
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -182,6 +190,12 @@ class FakeOpenAIServer:
 
     def requests_for(self, model: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.model == model]
+
+    @property
+    def open_requests(self) -> list[RecordedRequest]:
+        """Requests still being answered (a stream still writing, a hang still waiting): the upstream
+        connections a client has not closed yet."""
+        return [r for r in self.requests if r.finished is None]
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -285,6 +299,10 @@ class FakeOpenAIServer:
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
             return await self._answer(request, record)
+        except asyncio.CancelledError:
+            # The client went away (aiohttp cancels the handler, or a write fails): what the tests look for.
+            record.disconnected = True
+            raise
         finally:
             record.finished = time.monotonic()
             with self._lock:
@@ -306,6 +324,8 @@ class FakeOpenAIServer:
             )
         if behavior.garbage:
             return web.Response(text="<html>this is not json", content_type="application/json")
+        if behavior.raw_body is not None:
+            return web.Response(text=behavior.raw_body, content_type="application/json")
 
         reply = behavior.reply
         if callable(reply):
@@ -346,16 +366,26 @@ class FakeOpenAIServer:
             "completion_tokens_details": {"reasoning_tokens": behavior.reasoning_tokens},
         }
 
-    async def _stream(
+    async def _stream(self, request: web.Request, record: RecordedRequest, text: str, usage: dict[str, Any],
+                      behavior: ModelBehavior) -> web.StreamResponse:
+        """Stream the answer; a client that closes the connection mid-stream is recorded, not logged as
+        a server error."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            await self._write_stream(response, record, text, usage, behavior)
+        except ConnectionError:
+            record.disconnected = True
+        return response
+
+    async def _write_stream(
         self,
-        request: web.Request,
+        response: web.StreamResponse,
         record: RecordedRequest,
         text: str,
         usage: dict[str, Any],
         behavior: ModelBehavior,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
+    ) -> None:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
 
@@ -371,6 +401,14 @@ class FakeOpenAIServer:
                 payload["usage"] = usage
             return f"data: {json.dumps(payload)}\n\n".encode()
 
+        if behavior.raw_stream is not None:
+            for payload in behavior.raw_stream:
+                await response.write(f"data: {payload}\n\n".encode())
+                record.chunks_sent += 1
+                if behavior.chunk_delay_s:
+                    await asyncio.sleep(behavior.chunk_delay_s)
+            await response.write_eof()
+            return
         words = text.split(" ")
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
         await response.write(frame({"role": "assistant", "content": ""}))
@@ -378,6 +416,7 @@ class FakeOpenAIServer:
             if behavior.stall_after_chunks is not None and index >= behavior.stall_after_chunks:
                 await asyncio.sleep(3600)
             await response.write(frame({"content": piece}))
+            record.chunks_sent += 1
             if behavior.chunk_delay_s:
                 await asyncio.sleep(behavior.chunk_delay_s)
         finish = behavior.finish_reason or "stop"
@@ -390,7 +429,6 @@ class FakeOpenAIServer:
             await response.write(frame({}, with_usage=True))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        return response
 
 
 def main() -> None:  # pragma: no cover - manual use: python -m composite_llm.testing

@@ -75,5 +75,7 @@ def split_settings(inline: dict[str, Any], settings_model: type[BaseModel]) -> d
 
 
 def final_candidates(ctx: RunContext, node: Any, *, role: str, stage: str) -> list[PlannedCall]:
-    """The final node followed by its fallbacks, all planned."""
-    return [ctx.plan(n, role=role, stage=stage) for n in [node, *node.fallbacks]]
+    """The final node followed by its fallbacks, all planned; the context keeps time for them."""
+    calls = [ctx.plan(n, role=role, stage=stage) for n in [node, *node.fallbacks]]
+    ctx.expect_final(calls)
+    return calls
