@@ -20,7 +20,7 @@ import local_tokens  # noqa: E402
 import overhead  # noqa: E402
 import quorum  # noqa: E402
 
-from composite_llm import engine  # noqa: E402
+from composite_llm import engine, limits  # noqa: E402
 from composite_llm.profiles import REGISTRY  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def test_benchmark_functions_run_with_tiny_sizes(clean_state):
         assert row["requests"] == row["level"] and row["errors"] == 0
         assert len(row["latency"]) and row["latency"]["n"] == row["level"]
         assert _positive(row["throughput"]) and _positive(row["wall_ratio"]) and row["cpu_per_request_s"] > 0
-    assert engine._max_concurrency == engine._DEFAULT_MAX_CONCURRENCY  # restored after the sweep
+    assert limits._max_concurrency == limits._DEFAULT_MAX_CONCURRENCY  # restored after the sweep
     assert "**Target" not in concurrency.render(con, C.load_average())  # level 40 not run: no verdict claimed
 
     # quorum: the first requests of seed 7 have no straggler, so waiting for all stays fast

@@ -37,7 +37,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from composite_llm import load_profiles
+from composite_llm import load_profiles, router_members
 from composite_llm.profiles import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +131,7 @@ def docs_env(server, monkeypatch):
     REGISTRY.set_explicit(None)
     yield server
     REGISTRY.set_explicit(None)
+    router_members.set_router(None)  # a block may register a LiteLLM Router (README, "Members through a Router")
 
 
 def _run_in_thread(code: Any, namespace: dict[str, Any], limit: float) -> Optional[BaseException]:
