@@ -75,3 +75,17 @@ def test_escalation_rate_in_the_summary():
     (summary,) = report.summarize(rows)
     assert summary.escalation_rate == 0.25
     assert "escalation rate of composite/profile/c: 25%" in report.format_table([summary])
+
+
+def test_bundled_word_problems():
+    from composite_llm.eval.scorers import parse_number
+    from composite_llm.eval.tasks import bundled_task_sets, load_task_set
+
+    assert "wordproblems" in bundled_task_sets()
+    tasks = load_task_set("wordproblems")
+    assert len(tasks) >= 40 and len({t.id for t in tasks}) == len(tasks)
+    assert all(t.scorer == "numeric" and parse_number(t.expected) is not None for t in tasks)
+    by_id = {t.id: t for t in tasks}
+    # spot checks of multi-step items, worked by hand: 96 oranges, half sold (48 left), a third of those sold
+    assert "96 oranges" in by_id["word-026"].prompt and by_id["word-026"].expected == "32"
+    assert "7:45 pm" in by_id["word-025"].prompt and by_id["word-025"].expected == "60"  # ends 10:00 pm

@@ -32,7 +32,7 @@ every composite alone, then, for the best member (decided on this run's results)
 it with the strategies' reasoning instruction, as one call (cot) and as self-consistency (cot-sc).
 The report pairs every model item by item with the best single model: wins, losses and the exact
 McNemar (two-sided sign) test on the items where they differ.
-Bundled task sets: arithmetic, letters, factual, reasoning (--list-tasks); or pass a JSONL file."""
+Bundled task sets: arithmetic, letters, factual, reasoning, wordproblems (--list-tasks); or pass a JSONL file."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
