@@ -69,8 +69,8 @@ def best_single(rows: Iterable[dict[str, Any]], order: Optional[Sequence[str]] =
     from .report import summarize
 
     rows = list(rows)
-    singles = {str(r["model"]) for r in rows
-               if r.get("kind") in SINGLE_KINDS and not str(r.get("model_string") or r["model"]).startswith("composite/")}
+    singles = {str(r["model"]) for r in rows if r.get("kind") in SINGLE_KINDS
+               and not str(r.get("model_string") or r["model"]).startswith("composite/")}
     summaries = [s for s in summarize(rows, order=order) if s.model in singles]
     if not summaries:
         return None

@@ -70,6 +70,9 @@ class Candidate:
         if self.strategy is None:
             raise ValueError(f"{self.label} is a single model, not a composite topology")
         strategy = get_strategy(self.strategy)
+        loose = sorted(set(self.inline) - strategy.inline_keys)
+        if loose:  # they would be request parameters when measured, and missing from the profile
+            raise ValueError(f"{self.label}: {', '.join(loose)} would not be part of the profile's topology")
         topology = strategy.topology_from_inline(self.model, dict(self.inline))
         strategy.topology_model.model_validate(topology)  # fails here, not in the user's proxy
         return {"strategy": strategy.name, "topology": topology}
@@ -102,8 +105,10 @@ def search_space(models: Sequence[str], *, strategies: Sequence[str] = STRATEGIE
             tag = f"k={k},t={t}"
             for m in models:
                 if "self_consistency" in strategies:
+                    # `temperatures`, not `temperature`: the latter is a request parameter for self-consistency
+                    # and would not be part of the written profile's topology
                     out.append(Candidate(f"sc({_short(m)},{tag})", "self_consistency", m,
-                                         {"samples": k, "temperature": t}, calls=k))
+                                         {"samples": k, "temperatures": [t] * k}, calls=k))
                 if "moa" in strategies:
                     out.append(Candidate(f"self-moa({_short(m)},{tag})", "moa", m,
                                          {"proposers": _sampled(m, k, t)}, calls=k + 1))
