@@ -293,3 +293,29 @@ def test_cascade_bad_topology_is_a_clear_error(server, call_kwargs, tiers, messa
     with pytest.raises(litellm.BadRequestError, match=message):
         litellm.completion(model=CASCADE, messages=user("q"), tiers=tiers, **call_kwargs)
     assert server.requests == []
+
+
+def test_eval_reports_the_cascade_escalation_rate(server, tmp_path):
+    """Through the eval runner: the trace's `answered_by` reaches the result rows and the summary."""
+    import asyncio
+
+    from composite_llm.eval import report
+    from composite_llm.eval.baselines import ModelSpec
+    from composite_llm.eval.runner import RunOptions, read_results, run_eval
+    from composite_llm.eval.tasks import Task
+
+    def cheap(request):  # agrees on question 1, not on question 2
+        return "It is 5" if "q1" in request.all_text else f"It is {request.body['temperature'] * 10:.0f}"
+
+    server.set_model("cheap", reply=cheap)
+    server.set_model("big", reply="It is 5")
+    tiers = [{"model": "openai/cheap", "samples": 3, "temperatures": [0.1, 0.2, 0.3]}]
+    spec = ModelSpec("cascade", CASCADE, kwargs={"tiers": tiers}, kind="composite")
+    tasks = [Task(id=f"q{i}", prompt=f"q{i}", expected="5", scorer="numeric") for i in (1, 2)]
+    results = tmp_path / "results.jsonl"
+    options = RunOptions(concurrency=1, params={"api_base": server.base_url, "api_key": API_KEY}, progress=False)
+    asyncio.run(run_eval([spec], tasks, results, options))
+    rows = read_results(results)
+    assert sorted(r["composite"]["answered_by_tier"] for r in rows) == [1, 2]
+    (summary,) = report.summarize(rows)
+    assert summary.escalation_rate == 0.5 and summary.correct == 2
