@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from composite_llm.cli import main as cli_main
 from composite_llm.eval import report
 from composite_llm.eval.baselines import (
+    COT_INSTRUCTION,
     ModelSpec,
     composite_members,
     expand_baselines,
@@ -339,7 +341,8 @@ def test_eval_command_end_to_end_with_baselines(server, tmp_path, explicit_profi
             "--no-progress"]
     assert cli_main(argv) == 0
     table = capsys.readouterr().out
-    for label in ("openai/good", "composite/profile/eval_moa", "openai/bad", "openai/agg", "self-moa(openai/good)"):
+    for label in ("openai/good", "composite/profile/eval_moa", "openai/bad", "openai/agg", "self-moa(openai/good)",
+                  "cot(openai/good)", "cot-sc(openai/good)"):
         assert label in table
     summary = {m["model"]: m for m in json.loads((out / "summary.json").read_text())["models"]}
     assert summary["openai/good"]["correct"] == 2 and summary["openai/bad"]["correct"] == 0
@@ -347,8 +350,19 @@ def test_eval_command_end_to_end_with_baselines(server, tmp_path, explicit_profi
     assert composite["correct"] == 2 and composite["kind"] == "composite"
     assert summary["openai/agg"]["kind"] == "member"
     assert summary["self-moa(openai/good)"]["kind"] == "self-moa" and summary["self-moa(openai/good)"]["n"] == 3
-    # Self-MoA of the best member: 'good' (tied with 'agg' on accuracy, faster) sampled 3x, aggregated by itself
-    assert len(server.requests_for("good")) == 3 + 3 * 2 + 3 * 4
+    # Self-MoA of the best member: 'good' (tied with 'agg' on accuracy, faster) sampled 3x, aggregated by itself;
+    # then 'good' with the strategies' reasoning instruction: one call (cot) and 5 samples voted (cot-sc)
+    assert len(server.requests_for("good")) == 3 + 3 * 2 + 3 * 4 + 3 + 3 * 5
+    assert summary["cot(openai/good)"]["kind"] == "cot" and summary["cot-sc(openai/good)"]["kind"] == "cot-sc"
+    instructed = [r for r in server.requests_for("good") if COT_INSTRUCTION in r.last_user_text]
+    assert len(instructed) == 3 + 3 * 5
+    assert all(r.last_user_text.startswith("What is ") for r in instructed)
+    # every model paired item by item against the best single model, the test named
+    paired = json.loads((out / "summary.json").read_text())["paired"]
+    assert paired["reference"] == "openai/good" and "McNemar" in paired["test"]
+    bad = next(p for p in paired["results"] if p["model"] == "openai/bad")
+    assert (bad["wins"], bad["losses"], bad["ties"], bad["p_value"]) == (0, 2, 1, 0.5)
+    assert "Paired against the best single model, openai/good" in table
     rows = read_results(out / "results.jsonl")
     composite_row = next(r for r in rows if r["model"] == "composite/profile/eval_moa")
     assert composite_row["composite"]["strategy"] == "moa" and composite_row["composite"]["sub_calls"] == 4

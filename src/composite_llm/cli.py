@@ -237,8 +237,9 @@ from . import doctor_command as _doctor_command  # noqa: E402
 from . import models_command as _models_command  # noqa: E402
 from .dashboard import command as _dashboard_command  # noqa: E402
 from .eval import command as _eval_command  # noqa: E402
+from .eval import tune_command as _tune_command  # noqa: E402
 
-for _module in (_eval_command, _dashboard_command, _models_command, _doctor_command):
+for _module in (_eval_command, _tune_command, _dashboard_command, _models_command, _doctor_command):
     register_command(Subcommand(name=_module.NAME, help=_module.HELP, description=_module.DESCRIPTION,
                                 add_arguments=_module.add_arguments, run=_module.run))
 

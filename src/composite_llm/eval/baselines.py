@@ -4,7 +4,11 @@
   nested composites are not expanded);
 - Self-MoA of the best member: the best-scoring member sampled three times (temperatures 0.7/0.8/0.9) and
   aggregated by itself. "Best" is decided on this run's results (accuracy, then lower mean latency), so it
-  runs after the members, as a second phase.
+  runs after the members, as a second phase;
+- the best member with the reasoning instruction the strategies give their models (`COT_INSTRUCTION`,
+  debate's revision wording: check the reasoning step by step, then answer in the form asked for), as one
+  call (`cot(<model>)`) and as self-consistency of five such samples (`cot-sc(<model>)`). A composite's
+  gain over these is its own; a gain over the plain member alone may only be its prompt's.
 
 A member alone is called with its model string only: profile node `params` (temperature, max_tokens) and
 provider bundles are not applied, so a member that needs a bundle's api_base gets the run's `--param`s.
@@ -17,6 +21,12 @@ from typing import Any, Iterable, Optional, Sequence
 
 PREFIX = "composite/"  # composite_llm.model_string.PREFIX (that module imports litellm)
 SELF_MOA_TEMPERATURES = (0.7, 0.8, 0.9)
+# The instruction debate's revision rounds give every member (strategies/debate.py REVISE_PROMPT), as it
+# reads for a first answer; fusion's judge and cascade's verifier are told to check step by step too.
+COT_INSTRUCTION = ("Think step by step: work through the problem and check each step, then give your answer "
+                   "to the question, complete and in the form it asked for, on the last line.")
+COT_SC_SAMPLES = 5
+COT_SC_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
@@ -26,8 +36,9 @@ class ModelSpec:
     label: str
     model: str
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    kind: str = "model"  # model | composite | member (baseline) | self-moa (baseline)
+    kind: str = "model"  # model | composite | member, self-moa, cot, cot-sc (baselines)
     baseline_of: Optional[str] = None
+    instruction: Optional[str] = None  # appended to the task's last user message (the CoT baselines)
 
     @property
     def is_composite(self) -> bool:
@@ -128,3 +139,29 @@ def pick_best(results: Iterable[dict[str, Any]], candidates: Sequence[str],
         return (-(correct / n), (lat_sum / lat_n) if lat_n else float("inf"), candidates.index(label))
 
     return min(stats, key=key)
+
+
+def with_instruction(messages: list[dict[str, Any]], instruction: Optional[str]) -> list[dict[str, Any]]:
+    """`messages` with `instruction` appended to the last user message (a new paragraph), copies only."""
+    if not instruction:
+        return messages
+    out = [dict(m) for m in messages]
+    for message in reversed(out):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                message["content"] = f"{content}\n\n{instruction}"
+            elif isinstance(content, list):
+                message["content"] = [*content, {"type": "text", "text": instruction}]
+            break
+    return out
+
+
+def cot_specs(best: str, *, of: Optional[str] = None) -> list[ModelSpec]:
+    """The best member with the strategies' reasoning instruction: one call, and self-consistency of it."""
+    return [
+        ModelSpec(label=f"cot({best})", model=best, kind="cot", baseline_of=of, instruction=COT_INSTRUCTION),
+        ModelSpec(label=f"cot-sc({best})", model=f"{PREFIX}self-consistency/{best}",
+                  kwargs={"samples": COT_SC_SAMPLES, "temperature": COT_SC_TEMPERATURE}, kind="cot-sc",
+                  baseline_of=of, instruction=COT_INSTRUCTION),
+    ]

@@ -28,8 +28,11 @@ mean and p95 latency, tokens and cost per model, written as a table, JSON, CSV a
 
 Results are appended to OUT/results.jsonl one line per (model, task): rerun the same command to resume
 an interrupted run (done pairs are skipped; failed ones are retried). --baselines adds each member of
-every composite alone, then Self-MoA of the best member (decided on this run's results).
-Bundled task sets: arithmetic, letters, factual, reasoning (--list-tasks); or pass a JSONL file."""
+every composite alone, then, for the best member (decided on this run's results): Self-MoA of it, and
+it with the strategies' reasoning instruction, as one call (cot) and as self-consistency (cot-sc).
+The report pairs every model item by item with the best single model: wins, losses and the exact
+McNemar (two-sided sign) test on the items where they differ.
+Bundled task sets: arithmetic, letters, factual, reasoning, wordproblems (--list-tasks); or pass a JSONL file."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(local/..., openai/..., composite/profile/<name>, ...)")
     parser.add_argument("--limit", type=int, help="first N tasks of each set")
     parser.add_argument("--baselines", action="store_true",
-                        help="add each composite member alone and Self-MoA of the best member")
+                        help="add each composite member alone, then Self-MoA of the best member and the best member "
+                             "with the strategies' reasoning instruction (cot, cot-sc)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (results.jsonl, summary.json/csv, "
                                                            "results.csv, report.md, eval_plot.png)")
     parser.add_argument("--concurrency", type=int,
@@ -115,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import CompositeConfigError
     from . import report
-    from .baselines import expand_baselines, parse_models, pick_best, self_moa_candidates, self_moa_spec
+    from .baselines import (cot_specs, expand_baselines, parse_models, pick_best, self_moa_candidates,
+                            self_moa_spec)
     from .runner import (RESULTS_FILE, RunOptions, done_keys, latest_results, local_models_involved, plan,
                          read_results, run_eval, warm_up)
 
@@ -150,10 +155,10 @@ def run(args: argparse.Namespace) -> int:
             if best is None:
                 print("no member results: Self-MoA baseline skipped", file=sys.stderr)
                 return
-            spec = self_moa_spec(best)
-            print(f"best member: {best}; running Self-MoA of it as {spec.label}", file=sys.stderr)
-            specs.append(spec)
-            await run_eval([spec], tasks, results_path, options)
+            extra = [self_moa_spec(best), *cot_specs(best)]
+            print(f"best member: {best}; running " + ", ".join(s.label for s in extra), file=sys.stderr)
+            specs.extend(extra)
+            await run_eval(extra, tasks, results_path, options)
 
     try:
         asyncio.run(main())
@@ -170,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
     paths = report.write_outputs(out, rows, order=labels, meta=meta)
     summaries = report.summarize(rows, order=labels)
     print(report.format_table(summaries))
+    paired = report.paired_section(rows, order=labels)
+    if paired:
+        print(paired, end="")
     if not args.no_plot:
         from .plot import PlotUnavailable, plot_summaries
 

@@ -66,6 +66,7 @@ class ModelSummary:
     cost_per_item: float
     cost_complete: bool
     judge_cost: float = 0.0
+    escalation_rate: Optional[float] = None  # cascades: share of answered items a later tier answered
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +95,8 @@ def summarize(rows: Iterable[dict[str, Any]], *, order: Optional[Sequence[str]] 
         cost_total = float(sum(c for c in costs if c is not None))
         low, high = wilson_interval(correct, n)
         first = items[0]
+        tiers = [(r.get("composite") or {}).get("answered_by_tier") for r in answered]
+        tiers = [t for t in tiers if t is not None]
         out.append(ModelSummary(
             model=model,
             kind=str(first.get("kind") or "model"),
@@ -113,6 +116,7 @@ def summarize(rows: Iterable[dict[str, Any]], *, order: Optional[Sequence[str]] 
             cost_per_item=cost_total / n if n else 0.0,
             cost_complete=all(c is not None for c in costs),
             judge_cost=float(sum((r.get("judge") or {}).get("cost") or 0.0 for r in items)),
+            escalation_rate=(sum(1 for t in tiers if t > 1) / len(tiers)) if tiers else None,
         ))
     return out
 
@@ -164,7 +168,14 @@ def format_table(summaries: Sequence[ModelSummary]) -> str:
             lines.append("  ".join("-" * w for w in widths))
     if any(not s.cost_complete for s in summaries):
         lines.append("* some calls had no known price; their cost counts as $0")
+    lines.extend(escalation_lines(summaries))
     return "\n".join(lines)
+
+
+def escalation_lines(summaries: Sequence[ModelSummary]) -> list[str]:
+    """One line per cascade: how often a later tier had to answer."""
+    return [f"escalation rate of {s.model}: {s.escalation_rate:.0%} (answered items a later tier answered)"
+            for s in summaries if s.escalation_rate is not None]
 
 
 def format_markdown(summaries: Sequence[ModelSummary]) -> str:
@@ -174,6 +185,10 @@ def format_markdown(summaries: Sequence[ModelSummary]) -> str:
     lines = [header, align, *body]
     if any(not s.cost_complete for s in summaries):
         lines.append("\n\\* some calls had no known price; their cost counts as $0")
+    escalations = escalation_lines(summaries)
+    if escalations:
+        lines.append("")
+        lines.extend(f"- {line}" for line in escalations)
     return "\n".join(lines)
 
 
@@ -204,10 +219,15 @@ def results_csv(rows: Iterable[dict[str, Any]]) -> str:
 def report_document(rows: Sequence[dict[str, Any]], *, order: Optional[Sequence[str]] = None,
                     meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Everything the JSON output (and the dashboard) needs."""
+    from .paired import TEST_NAME, best_single, paired_against
+
     summaries = summarize(rows, order=order)
+    reference = best_single(rows, order=order)
+    paired = paired_against(rows, reference, [s.model for s in summaries]) if reference else []
     return {
         "meta": meta or {},
         "models": [s.as_dict() for s in summaries],
+        "paired": {"reference": reference, "test": TEST_NAME, "results": [p.as_dict() for p in paired]},
         "task_sets": {name: [s.as_dict() for s in group] for name, group in by_task_set(rows, order=order).items()},
     }
 
@@ -228,5 +248,22 @@ def write_outputs(out_dir: str | Path, rows: Sequence[dict[str, Any]], *, order:
     paths["summary_json"].write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["summary_csv"].write_text(summaries_csv(summaries), encoding="utf-8")
     paths["results_csv"].write_text(results_csv(rows), encoding="utf-8")
-    paths["report_md"].write_text(format_markdown(summaries) + "\n", encoding="utf-8")
+    paths["report_md"].write_text(format_markdown(summaries) + "\n" + paired_section(rows, order=order, markdown=True),
+                                  encoding="utf-8")
     return paths
+
+
+def paired_section(rows: Sequence[dict[str, Any]], *, order: Optional[Sequence[str]] = None,
+                   markdown: bool = False) -> str:
+    """Every model against the best single model, item by item (eval/paired.py); "" without a reference."""
+    from .paired import best_single, format_paired, paired_against
+
+    reference = best_single(rows, order=order)
+    if reference is None:
+        return ""
+    names = [s.model for s in summarize(rows, order=order)]
+    table = format_paired(paired_against(rows, reference, names), markdown=markdown)
+    if not table:
+        return ""
+    title = f"Paired against the best single model, {reference}:"
+    return f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .baselines import ModelSpec
+from .baselines import ModelSpec, with_instruction
 from .scorers import Score, score_answer
 from .tasks import Task
 
@@ -111,7 +111,16 @@ def _trace_summary(trace: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
         "failed_members": trace.get("failed_members") or [],
         "dropped_members": trace.get("dropped_members") or [],
         "degraded": bool(trace.get("degraded")),
+        **_cascade_summary(trace),
     }
+
+
+def _cascade_summary(trace: dict[str, Any]) -> dict[str, Any]:
+    """Which cascade tier answered (for the escalation rate), from `details.cascade`; {} otherwise."""
+    cascade = (trace.get("details") or {}).get("cascade")
+    if not isinstance(cascade, dict) or cascade.get("answered_by") is None:
+        return {}
+    return {"answered_by_tier": cascade["answered_by"], "escalations": cascade.get("escalations", 0)}
 
 
 async def run_one(spec: ModelSpec, task: Task, options: RunOptions) -> dict[str, Any]:
@@ -133,7 +142,8 @@ async def run_one(spec: ModelSpec, task: Task, options: RunOptions) -> dict[str,
     kwargs = {**options.params, **spec.kwargs}
     started = time.perf_counter()
     try:
-        response = await litellm.acompletion(model=spec.model, messages=task.messages(), timeout=options.timeout,
+        messages = with_instruction(task.messages(), spec.instruction)
+        response = await litellm.acompletion(model=spec.model, messages=messages, timeout=options.timeout,
                                              **kwargs)
     except Exception as exc:  # the model failed: recorded, counted as not correct, retried on rerun
         row.update(ts=time.time(), latency_s=round(time.perf_counter() - started, 4), correct=False, answer=None,

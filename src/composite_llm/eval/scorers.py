@@ -7,7 +7,8 @@
             case-insensitive unless case_sensitive).
 - numeric:  the answer's final number (the same extraction self-consistency votes with: the number after
             the last `answer is` / `Answer:` / `####` / `\\boxed{`, else the last number) is within
-            `tolerance` (default 1e-9) of `expected`. `1,000` = `1000.0`; `3/4` = `0.75`.
+            `tolerance` (default 1e-9) of `expected`. `1,000` = `1000.0`; `3/4` = `0.75`; number words count
+            as numbers (`seven continents` = 7, `twenty-one` = 21, `one hundred and five` = 105).
 - llm_judge: a judge model reads the question, the reference answer and the response, and replies
             VERDICT: CORRECT or VERDICT: INCORRECT (JUDGE_PROMPT). Its tokens and cost are recorded apart
             from the evaluated model's.
@@ -110,11 +111,61 @@ def score_regex(task: Task, answer: str) -> Score:
     return Score(match is not None, extracted=match.group(0)[:200] if match else None)
 
 
+_UNITS = {word: value for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen".split())}
+_TENS = {word: 10 * (index + 2) for index, word in enumerate(
+    "twenty thirty forty fifty sixty seventy eighty ninety".split())}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+_NUMBER_WORD = "|".join(sorted([*_UNITS, *_TENS, *_SCALES], key=len, reverse=True))
+_NUMBER_PHRASE = re.compile(
+    rf"(?<![\w-])(?:{_NUMBER_WORD})(?:(?:[\s-]+|\s+and\s+)(?:{_NUMBER_WORD}))*(?![\w-])", re.IGNORECASE)
+# "one" as a pronoun is not a number: "no one", "any one of", "the one that"
+_PRONOUN_ONE = re.compile(r"\b(?:no|any|every|each|some|the|this|that|which)\s+one\b", re.IGNORECASE)
+
+
+def _phrase_value(phrase: str) -> Optional[int]:
+    """The value of a number-word phrase ("one hundred and five" -> 105); None if it is not well formed."""
+    words = [w for w in re.split(r"[\s-]+", phrase.lower()) if w and w != "and"]
+    total, current, last = 0, 0, None
+    for word in words:
+        if word in _UNITS:
+            if last == "unit":
+                return None  # "five six" is two numbers, not one
+            current += _UNITS[word]
+            last = "unit"
+        elif word in _TENS:
+            if last in ("unit", "tens"):
+                return None
+            current += _TENS[word]
+            last = "tens"
+        else:
+            scale = _SCALES[word]
+            current = max(current, 1) * scale
+            if scale > 100:  # "two thousand three hundred": thousands close a group, hundreds do not
+                total, current = total + current, 0
+            last = "scale"
+    return total + current
+
+
+def number_words_to_digits(text: str) -> str:
+    """Spelled-out numbers as digits ("seven continents" -> "7 continents", "twenty-one" -> "21"), so the
+    numeric scorer reads them as it reads digits. Pronoun uses of "one" ("no one") are left alone; a
+    phrase that is not one well-formed number ("five six") is left as written."""
+    protected = _PRONOUN_ONE.sub(lambda m: m.group(0).replace("one", "\x00"), text)
+
+    def replace(match: re.Match[str]) -> str:
+        value = _phrase_value(match.group(0))
+        return match.group(0) if value is None else str(value)
+
+    return _NUMBER_PHRASE.sub(replace, protected).replace("\x00", "one")
+
+
 def extract_final_number(answer: str) -> Optional[str]:
-    """The answer's final number, as self-consistency and debate read it."""
+    """The answer's final number, as self-consistency and debate read it, number words counted as numbers."""
     from ..strategies.answers import extract_numeric  # imports litellm; only when scoring
 
-    return extract_numeric(answer)
+    return extract_numeric(number_words_to_digits(answer))
 
 
 def score_numeric(task: Task, answer: str) -> Score:

@@ -7,9 +7,11 @@ from typing import Any
 from ..model_string import canonical_strategy_name
 from .base import FinalCall, FinalRunner, FinalStep, FinalText, Strategy
 from .best_of_n import BestOfNStrategy
+from .cascade import CascadeStrategy
 from .composer_cli import ComposerCLIStrategy
 from .council import CouncilStrategy
 from .debate import DebateStrategy
+from .fusion import FusionStrategy
 from .moa import MoAStrategy
 from .self_consistency import SelfConsistencyStrategy
 
@@ -41,6 +43,8 @@ register_strategy(SelfConsistencyStrategy())
 register_strategy(BestOfNStrategy())
 register_strategy(DebateStrategy())
 register_strategy(ComposerCLIStrategy())
+register_strategy(FusionStrategy())
+register_strategy(CascadeStrategy())
 
 __all__ = ["FinalCall", "FinalRunner", "FinalStep", "FinalText", "Strategy", "get_strategy", "register_strategy",
            "strategy_names"]
