@@ -8,6 +8,7 @@ File handling is tested on tiny fake packages created in tmp_path, never on the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -52,6 +53,44 @@ needs_llama = pytest.mark.skipif(
 
 def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+# --- offline means offline: every test here runs with outbound connections failing loudly ----------
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
+_guard = {"active": False, "attempts": []}
+
+
+def _network_guard(event: str, args: tuple) -> None:
+    """Audit hook: refuse (and record) any DNS lookup or connect that is not to this machine.
+
+    Recorded as well as raised because libraries swallow the error and retry (LiteLLM falls back to
+    another tokenizer after huggingface_hub's retries): the fixture fails the test on any attempt.
+    """
+    if not _guard["active"] or event not in ("socket.connect", "socket.getaddrinfo"):
+        return
+    target = args[1] if event == "socket.connect" else args
+    host = target[0] if isinstance(target, tuple) and target else None
+    if host is None or (isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host)
+                        in _LOOPBACK):
+        return
+    _guard["attempts"].append(f"{event} {host!r}")
+    raise OSError(f"test_local_models: outbound network attempt blocked: {event} {host!r}")
+
+
+sys.addaudithook(_network_guard)
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Every local-model test must pass without any outbound connection attempt."""
+    _guard["attempts"].clear()
+    _guard["active"] = True
+    try:
+        yield _guard["attempts"]
+    finally:
+        _guard["active"] = False
+    assert not _guard["attempts"], f"outbound network attempts: {_guard['attempts'][:5]}"
 
 
 # --- fake model packages -------------------------------------------------------------------------
@@ -291,6 +330,29 @@ async def test_async_streaming_yields_text_then_usage():
     assert text.strip()
     usage = chunks[-1].usage
     assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 16
+
+
+@needs_llama
+async def test_streaming_a_local_model_makes_no_network_attempt(monkeypatch, no_network):
+    """LiteLLM priced a stream by counting tokens with the tokenizer of the model's name; for a name with
+    `llama-3` in it that meant downloading one from the Hugging Face hub (~24-56 s of retries offline).
+    The provider reports the cost up front, so no tokenizer is ever chosen, whatever the name."""
+    import litellm.utils as litellm_utils
+
+    register_local_provider()
+    monkeypatch.setitem(CATALOG, "llama-3-alias", dataclasses.replace(CATALOG["smollm2-135m"], name="llama-3-alias"))
+    selected: list[str] = []
+    original = litellm_utils._select_tokenizer_helper
+    monkeypatch.setattr(litellm_utils, "_select_tokenizer_helper", lambda model: selected.append(model) or original(model))
+    for model in ("local/llama-3-alias", SMOL):
+        stream = litellm.completion(model=model, messages=user("Say hi."), max_tokens=4, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream).strip()
+        astream = await litellm.acompletion(model=model, messages=user("Say hi."), max_tokens=4, stream=True,
+                                            stream_options={"include_usage": True})
+        chunks = [c async for c in astream]
+        assert chunks[-1].usage.completion_tokens > 0
+        litellm.completion(model=model, messages=user("Say hi."), max_tokens=4)
+    assert no_network == [] and selected == []
 
 
 @needs_llama
