@@ -22,6 +22,8 @@ import common as C  # noqa: E402
 
 BENCHMARKS = ("latency", "concurrency", "quorum", "overhead", "local_tokens")
 RESULTS = C.BENCH_DIR / "RESULTS.md"
+#: Long benchmarks run on their own (`python benchmarks/<name>.py`); their sections are included when present.
+SEPARATE_INLINE = ("local_batching",)
 OTHER_SECTIONS = {"adaptive_self_consistency": "Adaptive self-consistency versus fixed n (separate benchmark, "
                                                "run with `python benchmarks/adaptive_self_consistency.py`)"}
 
@@ -76,6 +78,10 @@ def assemble(info: dict[str, str], runs: dict[str, tuple[int, float]], quick: bo
             lines += [path.read_text(encoding="utf-8").rstrip(), ""]
         else:
             lines += [f"## {name}", "", f"_Not run yet: `python benchmarks/{name}.py`._", ""]
+    for name in SEPARATE_INLINE:
+        path = C.RESULTS_DIR / f"{name}.md"
+        if path.exists():
+            lines += [path.read_text(encoding="utf-8").rstrip(), ""]
     for name, title in OTHER_SECTIONS.items():
         path = C.RESULTS_DIR / f"{name}.md"
         if path.exists():

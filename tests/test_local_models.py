@@ -517,6 +517,31 @@ def test_timeout_stops_generation_and_the_model_stays_usable():
 
 
 @needs_llama
+async def test_a_request_timing_out_inside_a_batch_leaves_its_neighbours_intact():
+    """A sequence leaving the batch mid-way (timeout, cancel) frees its slot; the others finish unchanged."""
+    register_local_provider()
+    question = user("Tell me a fact about owls.")
+    alone = await litellm.acompletion(model=SMOL, messages=question, max_tokens=32, temperature=0)
+    before = _stats()
+
+    async def doomed():
+        with pytest.raises(litellm.Timeout):
+            await litellm.acompletion(model=SMOL, messages=user("Write a long story about the sea."),
+                                      max_tokens=1000, timeout=0.5)
+
+    survivor, _ = await asyncio.gather(
+        litellm.acompletion(model=SMOL, messages=question, max_tokens=32, temperature=0), doomed()
+    )
+    assert survivor.choices[0].message.content == alone.choices[0].message.content
+    assert _delta(before, _stats())["tokens_sampled"] < 1000  # the story stopped with its timeout
+    scheduler = default_runtime().model("smollm2-135m").scheduler
+    deadline = time.monotonic() + 10
+    while len(scheduler._free_ids) != scheduler.max_seqs and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(scheduler._free_ids) == scheduler.max_seqs  # every slot was given back
+
+
+@needs_llama
 def test_prompt_longer_than_the_context_is_a_context_window_error():
     register_local_provider()
     with pytest.raises(litellm.ContextWindowExceededError, match="COMPOSITE_LLM_LOCAL_N_CTX"):

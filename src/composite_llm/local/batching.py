@@ -298,7 +298,8 @@ class BatchScheduler:
         prompt = list(got["prompt"])
         if len(prompt) >= self.n_ctx:
             raise LocalContextOverflow(
-                f"local/{self.name}: Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx}"
+                f"local/{self.name}: Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx}; "
+                f"shorten the prompt or raise COMPOSITE_LLM_LOCAL_N_CTX (now {self.n_ctx})"
             )
         max_tokens = got.get("max_tokens") or 0
         if max_tokens <= 0 or max_tokens + len(prompt) > self.n_ctx:
