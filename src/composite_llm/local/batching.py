@@ -62,8 +62,11 @@ class BatchStats:
     tokens_sampled: int = 0
     max_seqs_in_step: int = 0
     requests: int = 0
+    #: wall seconds inside llama_decode, and in sampling + text handling after it (where the time goes)
+    decode_seconds: float = 0.0
+    sample_seconds: float = 0.0
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -447,7 +450,10 @@ class BatchScheduler:
             return
         batch.n_tokens = n
         with self._compute_slot():
+            decode_started = time.perf_counter()
             code = llama_cpp.llama_decode(self._ctx.ctx, batch)
+            sample_started = time.perf_counter()
+        self.stats.decode_seconds += sample_started - decode_started
         self.stats.decode_calls += 1
         if code != 0:
             failed = {id(s.request): s.request for s, _ in entries}
@@ -468,6 +474,7 @@ class BatchScheduler:
             self._sample(seq, index)
             sampled += 1
         self.stats.max_seqs_in_step = max(self.stats.max_seqs_in_step, sampled)
+        self.stats.sample_seconds += time.perf_counter() - sample_started
         self._live = [s for s in self._live if not s.finished]
 
     def _sample(self, seq: _Seq, index: int) -> None:
