@@ -57,14 +57,20 @@ def _samples(args: Any, names: list[str]) -> tuple[list[list[Any]], list[dict[st
         base_rate = None
         for k in ks:
             runs: dict[str, list[tuple[float, int]]] = {"sequential": [], "batched": []}
+            step_ms: list[float] = []
+            scheduler = batched_rt.model(name).scheduler
             for rep in range(args.reps):
                 order = ("sequential", "batched") if rep % 2 == 0 else ("batched", "sequential")
                 for mode in order:
                     params = {"max_tokens": args.max_tokens, "temperature": 0.7, "seed": SEED}
                     started = time.perf_counter()
                     if mode == "batched":
+                        before = scheduler.stats.snapshot()
                         gen = batched_rt.complete(name, messages, {**params, "n": k})
                         tokens = gen.usage.completion_tokens
+                        after = scheduler.stats.snapshot()
+                        steps = after["decode_calls"] - before["decode_calls"] - 1  # the prompt's call aside
+                        step_ms.append(1000 * (after["decode_seconds"] - before["decode_seconds"]) / max(1, steps))
                     else:
                         tokens = 0
                         for i in range(k):
@@ -79,8 +85,10 @@ def _samples(args: Any, names: list[str]) -> tuple[list[list[Any]], list[dict[st
                 base_rate = bat_s
             rows.append([f"local/{name}", k, f"{seq_s:.2f}", f"{bat_s:.2f}", f"{seq_tok / seq_s:.1f}",
                          f"{bat_tok / bat_s:.1f}", C.ratio(seq_s, bat_s),
-                         C.ratio(bat_s, base_rate) if base_rate else "-", f"{bat_tok:.0f}"])
-            data.append({"model": name, "k": k, "runs": runs, "load": C.load_average()})
+                         C.ratio(bat_s, base_rate) if base_rate else "-", f"{bat_tok:.0f}",
+                         f"{sum(step_ms) / len(step_ms):.0f}"])
+            data.append({"model": name, "k": k, "runs": runs, "decode_ms_per_step": step_ms,
+                         "load": C.load_average()})
             print(rows[-1], flush=True)
     return rows, data
 
@@ -185,7 +193,8 @@ def main(argv: Any = None) -> None:
         lines += [f"### k samples of one prompt: one `n=k` request versus k requests in a row (max_tokens "
                   f"{args.max_tokens}, temperature 0.7, seeds {SEED}+i, {args.reps} interleaved reps)", "",
                   C.md_table(["model", "k", "sequential s", "batched s", "sequential tok/s", "batched tok/s",
-                              "speed-up", "batched / batched k=1", "tokens (batched)"], rows), ""]
+                              "speed-up", "batched / batched k=1", "tokens (batched)",
+                              "ms per decode step (batched, incl. prompt share)"], rows), ""]
     if not args.skip_profiles:
         rows, data["profiles"] = _profiles(args)
         cap = f", every node's max_tokens capped at {args.profile_max_tokens}" if args.profile_max_tokens else ""
