@@ -182,11 +182,7 @@ def main(argv: Any = None) -> None:
     names = [n for n in (args.models.split(",") if args.models else installed) if n in installed]
     started_load = C.load_average()
     threads = os.environ.get("COMPOSITE_LLM_LOCAL_THREADS", str(os.cpu_count()))
-    lines = C.section_header(
-        "Local models: batched samples (multi-sequence decoding)", started_load,
-        [f"llama.cpp threads: {threads} (COMPOSITE_LLM_LOCAL_THREADS); other helpers' tests shared the 2 cores, "
-         "so both paths of a row were run interleaved, and every figure is a ratio within one row.", ""],
-    )
+    lines: list[str] = []
     data: dict[str, Any] = {"threads": threads}
     if not args.skip_samples:
         rows, data["samples"] = _samples(args, names)
@@ -202,6 +198,11 @@ def main(argv: Any = None) -> None:
                   "", f"Question: \"{QUESTION}\" ({args.profile_reps} interleaved rep(s)); the reference is "
                   f"`{REFERENCE}` alone on the same question.", "",
                   C.md_table(["model", "one at a time s", "batched s", "speed-up", "batched / 1.5B alone"], rows), ""]
+    lines = [*C.section_header(
+        "Local models: batched samples (multi-sequence decoding)", started_load,
+        [f"llama.cpp threads: {threads} (COMPOSITE_LLM_LOCAL_THREADS); other helpers' tests shared the 2 cores, "
+         "so both paths of a row were run interleaved, and every figure is a ratio within one row.", ""],
+    ), *lines]
     markdown = "\n".join(lines)
     print(markdown)
     if not args.no_write:
