@@ -22,8 +22,9 @@ import common as C  # noqa: E402
 
 BENCHMARKS = ("latency", "concurrency", "quorum", "overhead", "local_tokens")
 RESULTS = C.BENCH_DIR / "RESULTS.md"
-# Run on their own (they boot several proxies and Redis), included in RESULTS.md when their section exists.
-INLINE_SECTIONS = {"scaleout": "python benchmarks/scaleout.py"}
+# Run on their own (they boot several proxies and Redis, or run local models for many minutes); included in
+# RESULTS.md when their section exists.
+INLINE_SECTIONS = {"scaleout": "python benchmarks/scaleout.py", "local_batching": "python benchmarks/local_batching.py"}
 OTHER_SECTIONS = {"adaptive_self_consistency": "Adaptive self-consistency versus fixed n (separate benchmark, "
                                                "run with `python benchmarks/adaptive_self_consistency.py`)"}
 

@@ -8,6 +8,7 @@ File handling is tested on tiny fake packages created in tmp_path, never on the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -33,6 +34,7 @@ from composite_llm.local.params import (  # noqa: E402
     UnsupportedLocalParam,
     flatten_content,
     generation_kwargs,
+    sample_count,
     to_llama_messages,
 )
 from composite_llm.local.runtime import default_runtime, runtime_installed, runtime_pip_command  # noqa: E402
@@ -52,6 +54,44 @@ needs_llama = pytest.mark.skipif(
 
 def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+# --- offline means offline: every test here runs with outbound connections failing loudly ----------
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
+_guard = {"active": False, "attempts": []}
+
+
+def _network_guard(event: str, args: tuple) -> None:
+    """Audit hook: refuse (and record) any DNS lookup or connect that is not to this machine.
+
+    Recorded as well as raised because libraries swallow the error and retry (LiteLLM falls back to
+    another tokenizer after huggingface_hub's retries): the fixture fails the test on any attempt.
+    """
+    if not _guard["active"] or event not in ("socket.connect", "socket.getaddrinfo"):
+        return
+    target = args[1] if event == "socket.connect" else args
+    host = target[0] if isinstance(target, tuple) and target else None
+    if host is None or (isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host)
+                        in _LOOPBACK):
+        return
+    _guard["attempts"].append(f"{event} {host!r}")
+    raise OSError(f"test_local_models: outbound network attempt blocked: {event} {host!r}")
+
+
+sys.addaudithook(_network_guard)
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Every local-model test must pass without any outbound connection attempt."""
+    _guard["attempts"].clear()
+    _guard["active"] = True
+    try:
+        yield _guard["attempts"]
+    finally:
+        _guard["active"] = False
+    assert not _guard["attempts"], f"outbound network attempts: {_guard['attempts'][:5]}"
 
 
 # --- fake model packages -------------------------------------------------------------------------
@@ -198,8 +238,22 @@ def test_content_parts_are_flattened_and_params_translated():
     assert kwargs == {"temperature": 0.3, "top_p": 0.9, "seed": 1, "max_tokens": 7, "stop": ["END", "<|im_end|>"],
                       "response_format": {"type": "json_object", "schema": {"type": "object"}}}
     assert generation_kwargs({})["max_tokens"] == 1024  # small models must not run to n_ctx
-    with pytest.raises(UnsupportedLocalParam):
-        generation_kwargs({"n": 2})
+    assert sample_count({}) == 1 and sample_count({"n": 3}) == 3
+    for bad in (0, -1, 2.5, "2", True):
+        with pytest.raises(UnsupportedLocalParam, match="positive integer"):
+            generation_kwargs({"n": bad})
+
+
+def test_stop_strings_and_split_utf8_are_held_back_until_known():
+    from composite_llm.local.text import StopText
+
+    text = StopText(["END", "<|im_end|>"])
+    pieces = [b"caf", b"\xc3", b"\xa9 E", b"N", b"D tail"]  # an e-acute split across tokens, "END" over three
+    out = [text.feed(p) for p in pieces]
+    assert out == ["caf", "", "\u00e9 ", "", ""] and text.stopped and text.text == "caf\u00e9 "
+    near = StopText(["END"])
+    assert near.feed(b"the EN") == "the " and near.feed(b"VOY") == "ENVOY" and near.finish() == ""
+    assert near.text == "the ENVOY" and not near.stopped
 
 
 def test_register_is_idempotent_and_keeps_other_providers():
@@ -294,6 +348,29 @@ async def test_async_streaming_yields_text_then_usage():
 
 
 @needs_llama
+async def test_streaming_a_local_model_makes_no_network_attempt(monkeypatch, no_network):
+    """LiteLLM priced a stream by counting tokens with the tokenizer of the model's name; for a name with
+    `llama-3` in it that meant downloading one from the Hugging Face hub (~24-56 s of retries offline).
+    The provider reports the cost up front, so no tokenizer is ever chosen, whatever the name."""
+    import litellm.utils as litellm_utils
+
+    register_local_provider()
+    monkeypatch.setitem(CATALOG, "llama-3-alias", dataclasses.replace(CATALOG["smollm2-135m"], name="llama-3-alias"))
+    selected: list[str] = []
+    original = litellm_utils._select_tokenizer_helper
+    monkeypatch.setattr(litellm_utils, "_select_tokenizer_helper", lambda model: selected.append(model) or original(model))
+    for model in ("local/llama-3-alias", SMOL):
+        stream = litellm.completion(model=model, messages=user("Say hi."), max_tokens=4, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream).strip()
+        astream = await litellm.acompletion(model=model, messages=user("Say hi."), max_tokens=4, stream=True,
+                                            stream_options={"include_usage": True})
+        chunks = [c async for c in astream]
+        assert chunks[-1].usage.completion_tokens > 0
+        litellm.completion(model=model, messages=user("Say hi."), max_tokens=4)
+    assert no_network == [] and selected == []
+
+
+@needs_llama
 async def test_astreaming_handler_emits_generic_chunks_with_final_usage():
     chunks = [
         chunk
@@ -312,24 +389,26 @@ async def test_astreaming_handler_emits_generic_chunks_with_final_usage():
     assert final["total_tokens"] == final["prompt_tokens"] + final["completion_tokens"]
 
 
+def _stats() -> dict[str, int]:
+    scheduler = default_runtime().model("smollm2-135m").scheduler
+    assert scheduler is not None
+    return scheduler.stats.snapshot()
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in after if key != "max_seqs_in_step"}
+
+
 @needs_llama
-async def test_concurrent_requests_to_one_model_are_serialized_and_the_loop_stays_free(monkeypatch):
+async def test_concurrent_requests_to_one_model_are_decoded_together_and_the_loop_stays_free():
+    """Two requests arriving together share decode steps (not queued one after the other), give the same
+    text as alone at temperature 0, and the event loop keeps running meanwhile."""
     register_local_provider()
-    loaded = default_runtime().model("smollm2-135m")
-    active, peak, lock = [0], [0], threading.Lock()
-    original = loaded.run
-
-    def tracking_run(*args, **kwargs):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        try:
-            return original(*args, **kwargs)
-        finally:
-            with lock:
-                active[0] -= 1
-
-    monkeypatch.setattr(loaded, "run", tracking_run)
+    questions = ["Tell me a fact about cats.", "Tell me a fact about dogs."]
+    alone = [
+        (await litellm.acompletion(model=SMOL, messages=user(q), max_tokens=24, temperature=0)).choices[0].message.content
+        for q in questions
+    ]
     ticks = 0
     done = asyncio.Event()
 
@@ -339,22 +418,90 @@ async def test_concurrent_requests_to_one_model_are_serialized_and_the_loop_stay
             await asyncio.sleep(0.01)
             ticks += 1
 
+    before = _stats()
     ticking = asyncio.create_task(ticker())
     started = time.perf_counter()
     try:
-        first, second = await asyncio.gather(
-            litellm.acompletion(model=SMOL, messages=user("Tell me a fact about cats."), max_tokens=24),
-            litellm.acompletion(model=SMOL, messages=user("Tell me a fact about dogs."), max_tokens=24),
+        together = await asyncio.gather(
+            *(litellm.acompletion(model=SMOL, messages=user(q), max_tokens=24, temperature=0) for q in questions)
         )
     finally:
         done.set()
         await ticking
     elapsed = time.perf_counter() - started
-    assert first.choices[0].message.content.strip() and second.choices[0].message.content.strip()
-    assert first.usage.completion_tokens > 0 and second.usage.completion_tokens > 0
-    assert peak[0] == 1
-    # The event loop kept running while llama.cpp generated in its worker thread.
+    delta = _delta(before, _stats())
+    assert [r.choices[0].message.content for r in together] == alone
+    tokens = sum(r.usage.completion_tokens for r in together)
+    # one decode step per token of the longer answer (plus the prompts), not one per token of each
+    assert delta["decode_calls"] < tokens
+    assert _stats()["max_seqs_in_step"] >= 2
+    # The event loop kept running while llama.cpp generated in the scheduler thread.
     assert ticks >= 0.3 * elapsed / 0.01
+
+
+@needs_llama
+def test_n_samples_at_temperature_0_are_the_sequential_answer_and_share_one_prompt_evaluation():
+    register_local_provider()
+    question = user("Say hello.")
+    alone = litellm.completion(model=SMOL, messages=question, max_tokens=16, temperature=0)
+    before = _stats()
+    batched = litellm.completion(model=SMOL, messages=question, max_tokens=16, temperature=0, n=3)
+    delta = _delta(before, _stats())
+    assert [c.index for c in batched.choices] == [0, 1, 2]
+    assert [c.message.content for c in batched.choices] == [alone.choices[0].message.content] * 3
+    assert all(c.finish_reason == alone.choices[0].finish_reason for c in batched.choices)
+    # usage: the prompt once, every sample's completion tokens
+    assert batched.usage.prompt_tokens == alone.usage.prompt_tokens
+    assert batched.usage.completion_tokens == 3 * alone.usage.completion_tokens
+    assert batched.usage.total_tokens == batched.usage.prompt_tokens + batched.usage.completion_tokens
+    # the prompt was evaluated once, and the three samples were decoded in the same steps
+    assert delta["prompt_tokens_evaluated"] == alone.usage.prompt_tokens
+    assert delta["decode_calls"] <= alone.usage.completion_tokens + 1
+
+
+@needs_llama
+def test_seeded_samples_are_reproducible_and_sample_i_uses_seed_plus_i():
+    register_local_provider()
+    question = user("Write a short poem about the sea.")
+    first = litellm.completion(model=SMOL, messages=question, max_tokens=20, temperature=1.0, seed=7, n=3)
+    again = litellm.completion(model=SMOL, messages=question, max_tokens=20, temperature=1.0, seed=7, n=3)
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices]
+    assert len(set(texts)) > 1  # each sample has its own sampler and seed
+    third = litellm.completion(model=SMOL, messages=question, max_tokens=20, temperature=1.0, seed=9)
+    assert third.choices[0].message.content == texts[2]
+
+
+@needs_llama
+def test_more_samples_than_the_cache_holds_is_a_clear_error_and_n_does_not_stream():
+    register_local_provider()
+    scheduler = default_runtime().model("smollm2-135m").scheduler
+    assert scheduler is not None
+    with pytest.raises(litellm.ContextWindowExceededError, match="COMPOSITE_LLM_LOCAL_BATCH"):
+        litellm.completion(model=SMOL, messages=user("hi"), max_tokens=4, n=scheduler.max_seqs + 1)
+    with pytest.raises(litellm.BadRequestError, match="stream"):
+        litellm.completion(model=SMOL, messages=user("hi"), max_tokens=4, n=2, stream=True)
+    assert litellm.completion(model=SMOL, messages=user("Say yes."), max_tokens=4).usage.completion_tokens > 0
+
+
+@needs_llama
+def test_a_composite_sampling_one_local_model_evaluates_the_prompt_once_and_decodes_the_wave_together(
+    explicit_profiles,
+):
+    """The engine's fan-out needs no change: its concurrent sub-calls reach the scheduler together."""
+    register_local_provider()
+    explicit_profiles({"profiles": {"sc_smol": {"strategy": "self_consistency", "topology": {
+        "model": {"model": SMOL, "params": {"max_tokens": 40}}, "samples": 3, "temperature": 0.8,
+        "settings": {"wave_size": 3, "extract": "numeric"}}}}})
+    before = _stats()
+    response = litellm.completion(model="composite/profile/sc_smol", messages=user("What is 6 times 7?"))
+    delta = _delta(before, _stats())
+    trace = response.choices[0].message.provider_specific_fields["composite"]
+    calls = trace["sub_calls"]
+    assert len(calls) == 3 and all(c["status"] == "ok" for c in calls) and delta["requests"] == 3
+    prompt = calls[0]["usage"]["prompt_tokens"]
+    assert delta["prompt_tokens_evaluated"] <= prompt + 2  # once, plus a token for any late sibling
+    assert _stats()["max_seqs_in_step"] >= 3
 
 
 @needs_llama
@@ -367,6 +514,31 @@ def test_timeout_stops_generation_and_the_model_stays_usable():
     assert time.perf_counter() - started < 5
     response = litellm.completion(model=SMOL, messages=user("Say yes."), max_tokens=4)
     assert response.usage.completion_tokens > 0
+
+
+@needs_llama
+async def test_a_request_timing_out_inside_a_batch_leaves_its_neighbours_intact():
+    """A sequence leaving the batch mid-way (timeout, cancel) frees its slot; the others finish unchanged."""
+    register_local_provider()
+    question = user("Tell me a fact about owls.")
+    alone = await litellm.acompletion(model=SMOL, messages=question, max_tokens=32, temperature=0)
+    before = _stats()
+
+    async def doomed():
+        with pytest.raises(litellm.Timeout):
+            await litellm.acompletion(model=SMOL, messages=user("Write a long story about the sea."),
+                                      max_tokens=1000, timeout=0.5)
+
+    survivor, _ = await asyncio.gather(
+        litellm.acompletion(model=SMOL, messages=question, max_tokens=32, temperature=0), doomed()
+    )
+    assert survivor.choices[0].message.content == alone.choices[0].message.content
+    assert _delta(before, _stats())["tokens_sampled"] < 1000  # the story stopped with its timeout
+    scheduler = default_runtime().model("smollm2-135m").scheduler
+    deadline = time.monotonic() + 10
+    while len(scheduler._free_ids) != scheduler.max_seqs and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(scheduler._free_ids) == scheduler.max_seqs  # every slot was given back
 
 
 @needs_llama

@@ -5,7 +5,7 @@ Kept apart from the runtime so it is testable without llama.cpp, and so the rule
   templates only take strings; images cannot be used by these models anyway);
 - only parameters llama.cpp honours are forwarded; `max_tokens` gets a default, because small models
   can otherwise loop until the context is full (minutes on a small CPU);
-- `n > 1` is refused rather than silently answered once.
+- `n` (samples of one prompt) is checked here and decoded together by the scheduler (batching.py).
 """
 
 from __future__ import annotations
@@ -101,12 +101,20 @@ def _stop_list(value: Any) -> list[str]:
     return [s for s in value if isinstance(s, str) and s]
 
 
+def sample_count(optional_params: Mapping[str, Any]) -> int:
+    """`n`: how many samples (choices) of the prompt to generate; a positive integer."""
+    n = (optional_params or {}).get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UnsupportedLocalParam(f"n must be a positive integer (samples of the prompt); got n={n!r}")
+    return n
+
+
 def generation_kwargs(optional_params: Mapping[str, Any], model_stop: Iterable[str] = ()) -> dict[str, Any]:
     """Keyword arguments for `Llama.create_chat_completion` (without messages/stream)."""
     params = dict(optional_params or {})
-    n = params.get("n")
-    if n not in (None, 1):
-        raise UnsupportedLocalParam(f"local models return one choice per request; got n={n}")
+    sample_count(params)
     kwargs: dict[str, Any] = {}
     for source, target in _FORWARDED.items():
         value = params.get(source)

@@ -27,7 +27,7 @@ from composite_llm.local.errors import (
     LocalRuntimeMissing,
     UnknownLocalModel,
 )
-from composite_llm.local.params import UnsupportedLocalParam, generation_kwargs
+from composite_llm.local.params import UnsupportedLocalParam, generation_kwargs, sample_count
 from composite_llm.local.runtime import (
     Generation,
     LocalRuntime,
@@ -93,12 +93,17 @@ class LocalProvider(CustomLLM):
         return self._runtime or default_runtime()
 
     @staticmethod
-    def _check(model: str, optional_params: dict | None = None) -> str:
+    def _check(model: str, optional_params: dict | None = None, stream: bool = False) -> str:
         """Catalog name for `model` (LiteLLM strips `local/`); bad requests fail before queueing."""
         name = model.removeprefix(f"{PROVIDER}/")
         try:
             spec = get_model(name)
             generation_kwargs(optional_params or {})
+            if stream and sample_count(optional_params or {}) > 1:
+                raise UnsupportedLocalParam(
+                    f"n={sample_count(optional_params or {})} with stream=true: local models stream one choice; "
+                    "ask without stream for several choices (they are generated together either way)"
+                )
             raise_for_runtime()
         except LocalModelError as exc:
             _raise_litellm(exc, name)
@@ -108,10 +113,11 @@ class LocalProvider(CustomLLM):
     def _fill(model_response: ModelResponse, name: str, generation: Generation) -> ModelResponse:
         model_response.choices = [
             Choices(
-                index=0,
-                finish_reason=generation.finish_reason,
-                message=Message(role="assistant", content=generation.text),
+                index=choice.index,
+                finish_reason=choice.finish_reason,
+                message=Message(role="assistant", content=choice.text),
             )
+            for choice in generation.choices
         ]
         model_response.model = f"{PROVIDER}/{name}"
         model_response.created = int(time.time())
@@ -126,7 +132,14 @@ class LocalProvider(CustomLLM):
 
     @staticmethod
     def _report_zero_cost(logging_obj: Any) -> None:
-        """Streaming cost is read from this private attribute (litellm pinned; see DESIGN.md §2)."""
+        """Tell LiteLLM the cost (0) before it asks, so it never counts tokens to price the call.
+
+        LiteLLM prices a stream as soon as it wraps it, by counting the text with the tokenizer it
+        picks for the model name; for some names (any `llama-3`/`llama-2` in it) that tokenizer is
+        downloaded from the Hugging Face hub: ~24-56 s of DNS retries per streamed call offline.
+        A provider-reported cost short-cuts that (a private attribute, read by the pinned litellm;
+        `tests/test_local_models.py` guards it with a socket guard).
+        """
         if logging_obj is not None and hasattr(logging_obj, "_provider_reported_cost"):
             logging_obj._provider_reported_cost = 0.0
 
@@ -201,7 +214,8 @@ class LocalProvider(CustomLLM):
         timeout: float | httpx.Timeout | None = None,
         client: Any = None,
     ) -> Iterator[GenericStreamingChunk]:
-        name = self._check(model, optional_params)  # eager: a bad model fails at call time, not at first chunk
+        name = self._check(model, optional_params, stream=True)  # eager: fails at call time, not at first chunk
+        self._report_zero_cost(logging_obj)  # before LiteLLM wraps the stream (it prices it right away)
         return self._sync_chunks(name, messages, optional_params, logging_obj, timeout)
 
     def _sync_chunks(
@@ -223,7 +237,7 @@ class LocalProvider(CustomLLM):
         finally:
             events.close()
 
-    async def astreaming(  # type: ignore[override,misc]
+    def astreaming(  # type: ignore[override]
         self,
         model: str,
         messages: list,
@@ -242,7 +256,20 @@ class LocalProvider(CustomLLM):
         timeout: float | httpx.Timeout | None = None,
         client: Any = None,
     ) -> AsyncIterator[GenericStreamingChunk]:
-        name = self._check(model, optional_params)
+        """A plain method returning an async generator (LiteLLM only iterates it): the checks and the
+        cost report happen at call time, before LiteLLM wraps (and would price) the stream."""
+        name = self._check(model, optional_params, stream=True)
+        self._report_zero_cost(logging_obj)
+        return self._async_chunks(name, messages, optional_params, logging_obj, timeout)
+
+    async def _async_chunks(
+        self,
+        name: str,
+        messages: list,
+        optional_params: dict,
+        logging_obj: Any,
+        timeout: float | httpx.Timeout | None,
+    ) -> AsyncIterator[GenericStreamingChunk]:
         events = self.runtime.astream(name, messages, optional_params, _timeout_seconds(timeout))
         try:
             async for event in events:

@@ -1,24 +1,26 @@
-"""In-process llama.cpp: one `Llama` per model per process, one worker thread per model.
+"""In-process llama.cpp: one `Llama` per model per process, one scheduler thread per model.
 
 Why this shape:
-- A `Llama` object is not thread-safe (one KV cache, one sampler) and loading costs time and memory,
-  so each model gets exactly one instance and one single-thread executor. Every use of that
-  instance (load, generate) is a job on that executor: requests to one model are serialized in FIFO
-  order whether they come from sync callers or from any event loop, and an event loop never blocks
-  on llama.cpp (it awaits an asyncio queue fed with `call_soon_threadsafe`). Waiting requests hold
-  no thread; a request cancelled while queued never runs.
-- Each generation already uses every core (`n_threads = os.cpu_count()`), so by default only one
-  generation runs at a time across all models (`COMPOSITE_LLM_LOCAL_PARALLEL`, default 1): two at
-  once on the same cores were no faster in total here (each answer slower), so they queue.
+- Loading a model costs time and memory, so each model is loaded once. Every use of it runs on its
+  own scheduler thread (`batching.BatchScheduler`): requests from sync callers and from any event
+  loop are queued to it, and an event loop never blocks on llama.cpp (it awaits an asyncio queue fed
+  with `call_soon_threadsafe`). Waiting requests hold no thread; a request cancelled while queued
+  never runs.
+- Requests to one model are decoded *together*: decoding one sequence on a CPU is memory-bound, so
+  the scheduler puts the next token of every running sequence (up to `COMPOSITE_LLM_LOCAL_BATCH`,
+  default 4) into one `llama_decode` call, and `n=k` samples of one prompt (or k requests with the
+  same prompt, as a composite's fan-out sends them) evaluate that prompt once. See batching.py.
+  `COMPOSITE_LLM_LOCAL_BATCH=1` gives the old one-at-a-time behaviour.
+- Each decode step already uses every core (`n_threads = os.cpu_count()`), so by default one step
+  runs at a time across all models (`COMPOSITE_LLM_LOCAL_PARALLEL`, default 1): two models with
+  work alternate step by step.
 - Caveat measured here: llama.cpp's threads spin-wait for each other, so when *other processes*
   keep the cores busy, `n_threads = cpu_count` collapses (SmolLM2 on 2 loaded cores: ~1-17 tok/s
   with 2 threads vs ~30 with 1). Set `COMPOSITE_LLM_LOCAL_THREADS=1` on a shared, busy machine.
-- `llama_cpp` is imported lazily, inside the worker, so `composite_llm.local` imports without it.
-- Every request, streaming or not, is one job that streams from llama.cpp and hands chunks to the
-  consumer (an asyncio queue, or a thread queue for sync callers); when the consumer goes away
-  (closed stream, cancelled task, timeout) the job stops at the next token instead of generating
-  to `max_tokens` for nobody. Token counts come from a thin `Llama.generate` wrapper, because
-  llama-cpp-python reports no usage when streaming; they match its non-streaming usage.
+- `llama_cpp` is imported lazily, on the scheduler thread, so `composite_llm.local` imports without it.
+- Every request, streaming or not, streams its events to the consumer (an asyncio queue, or a thread
+  queue for sync callers); when the consumer goes away (closed stream, cancelled task, timeout) its
+  sequences leave the batch at the next step instead of generating to `max_tokens` for nobody.
 """
 
 from __future__ import annotations
@@ -31,23 +33,31 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from composite_llm.local.batching import BatchScheduler
 from composite_llm.local.cache import resolve_model_file
 from composite_llm.local.catalog import RUNTIME_BUILD_ENV, RUNTIME_REQUIREMENT, LocalModel, get_model
-from composite_llm.local.errors import LocalContextOverflow, LocalModelError, LocalRuntimeMissing
-from composite_llm.local.params import generation_kwargs, to_llama_messages
+from composite_llm.local.errors import LocalModelError, LocalRuntimeMissing
+from composite_llm.local.events import END as _END
+from composite_llm.local.events import Choice, Generation, StreamEvent, Usage
+from composite_llm.local.params import generation_kwargs, sample_count, to_llama_messages
 
 log = logging.getLogger(__name__)
 
 N_CTX_ENV = "COMPOSITE_LLM_LOCAL_N_CTX"
 THREADS_ENV = "COMPOSITE_LLM_LOCAL_THREADS"
 PARALLEL_ENV = "COMPOSITE_LLM_LOCAL_PARALLEL"
+BATCH_ENV = "COMPOSITE_LLM_LOCAL_BATCH"
 DEFAULT_N_CTX = 4096
+#: Sequences decoded together per model (continuous batching); 1 = one request at a time. Each one
+#: holds n_ctx KV cells (4096 x ~28 KB = ~115 MB for the 1.5B), allocated when the model loads.
+DEFAULT_BATCH = 4
+#: Tokens per llama_decode call (prompt chunks plus one token per running sequence).
+N_BATCH = 512
 
 
 def _env_int(name: str, default: int) -> int:
@@ -84,59 +94,11 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
-
-
-@dataclass
-class Generation:
-    """A finished non-streaming answer."""
-
-    text: str
-    finish_reason: str
-    usage: Usage
-    seconds: float
-
-
-@dataclass
-class StreamEvent:
-    """One piece of a streamed answer; the last one has `finish_reason` and `usage` set."""
-
-    text: str
-    finish_reason: str | None = None
-    usage: Usage | None = None
-
-
-@dataclass
-class _Counter:
-    """Token counts of the generation in progress (llama.cpp reports none when streaming)."""
-
-    prompt_tokens: int = 0
-    sampled: int = 0
-    last_was_eog: bool = False
-
-
-class _StreamCancelled(Exception):
-    pass
-
-
-#: Set when the interpreter starts shutting down, before executor threads are joined: a running
-#: generation stops at its next token and queued ones do not start, so Ctrl-C exits promptly.
+#: Set when the interpreter starts shutting down, before non-daemon threads are joined: the schedulers
+#: stop at their next step and queued requests do not start, so Ctrl-C exits promptly (and no
+#: llama.cpp call is running when the models are freed).
 _shutting_down = threading.Event()
-_register_thread_exit = getattr(threading, "_register_atexit", None)  # runs before executors are joined
+_register_thread_exit = getattr(threading, "_register_atexit", None)  # runs before threads are joined
 if _register_thread_exit is not None:
     _register_thread_exit(_shutting_down.set)
 
@@ -158,49 +120,42 @@ def _close_all() -> None:
                 pass
 
 
-_END = object()
-
-
 @dataclass
 class LoadedModel:
-    """One catalog model and, once loaded, its `Llama` instance; owned by its worker thread."""
+    """One catalog model, its scheduler and, once loaded, its `Llama` instance."""
 
     spec: LocalModel
     n_ctx: int
     n_threads: int
-    executor: ThreadPoolExecutor
+    max_seqs: int
     llama: Any = None
     path: Path | None = None
-    counter: _Counter = field(default_factory=_Counter)
+    scheduler: BatchScheduler | None = None
 
-    # --- everything below runs on the model's worker thread -------------------------------
+    def __post_init__(self) -> None:
+        self.scheduler = BatchScheduler(
+            self.spec.name,
+            self.ensure_loaded,
+            n_ctx=self.n_ctx,
+            max_seqs=self.max_seqs,
+            n_batch=N_BATCH,
+            compute_slot=_compute_slot,
+            shutting_down=_shutting_down,
+        )
+
+    # --- runs on the scheduler thread ----------------------------------------------------------
     def ensure_loaded(self) -> Any:
+        """The `Llama` object: weights, tokenizer and chat template. Its own context is kept tiny;
+        generation uses the scheduler's multi-sequence context on the same weights."""
         if self.llama is not None:
             return self.llama
         llama_cpp = _import_llama_cpp()
         path = resolve_model_file(self.spec)
-        counter = self.counter
-
-        class _CountingLlama(llama_cpp.Llama):  # type: ignore[misc, name-defined]
-            """Records prompt/sampled token counts, which the streaming API does not report."""
-
-            def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
-                counter.prompt_tokens = len(tokens)
-                counter.sampled = 0
-                counter.last_was_eog = False
-                inner = super().generate(tokens, *args, **kwargs)
-                try:
-                    for token in inner:
-                        counter.sampled += 1
-                        counter.last_was_eog = bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
-                        yield token
-                finally:
-                    inner.close()
-
         started = time.perf_counter()
-        llama = _CountingLlama(
+        llama = llama_cpp.Llama(
             model_path=str(path),
-            n_ctx=self.n_ctx,
+            n_ctx=256,
+            n_batch=32,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
             chat_format=self.spec.chat_format,
@@ -213,79 +168,34 @@ class LoadedModel:
         _live.append(self)
         return llama
 
-    def _call(self, messages: list[dict[str, Any]], optional_params: dict[str, Any], stream: bool) -> Any:
-        llama = self.ensure_loaded()
-        kwargs = generation_kwargs(optional_params, self.spec.stop)
-        return llama.create_chat_completion(messages=to_llama_messages(messages), stream=stream, **kwargs)
-
-    def _overflow(self, exc: ValueError) -> LocalModelError | ValueError:
-        """llama-cpp-python signals a too-long prompt with a ValueError (raised at the first chunk)."""
-        if "exceed context window" in str(exc):
-            return LocalContextOverflow(
-                f"local/{self.spec.name}: {exc}; shorten the prompt or raise {N_CTX_ENV} (now {self.n_ctx})"
-            )
-        return exc
-
-    def run(
+    # --- any thread ----------------------------------------------------------------------------
+    def submit(
         self,
         messages: list[dict[str, Any]],
         optional_params: dict[str, Any],
-        emit: Callable[[Any], None],
+        emit: Any,
         cancelled: threading.Event,
     ) -> None:
-        """The one job every request becomes: stream the answer into `emit`.
-
-        Emits StreamEvents, a final StreamEvent with finish_reason and usage, then `_END`; on error,
-        the exception instead. Non-streaming requests collect the same events, so a cancelled or
-        timed-out request of either kind stops generating at the next token.
-        """
-        started = time.perf_counter()
-        try:
-            if cancelled.is_set() or _shutting_down.is_set():
-                raise _StreamCancelled
-            with _compute_slot():
-                generating = time.perf_counter()
-                chunks = self._call(messages, optional_params, stream=True)
-                finish_reason = "stop"
-                try:
-                    for chunk in chunks:
-                        if cancelled.is_set() or _shutting_down.is_set():
-                            raise _StreamCancelled
-                        choice = chunk["choices"][0]
-                        text = choice.get("delta", {}).get("content") or ""
-                        if choice.get("finish_reason"):
-                            finish_reason = choice["finish_reason"]
-                        if text:
-                            emit(StreamEvent(text))
-                finally:
-                    close = getattr(chunks, "close", None)
-                    if close is not None:
-                        close()
-            counter = self.counter
-            completion = max(0, counter.sampled - (1 if counter.last_was_eog else 0))
-            log.debug(
-                "local/%s: %d prompt + %d completion tokens in %.2fs (waited %.2fs for a compute slot)",
-                self.spec.name, counter.prompt_tokens, completion,
-                time.perf_counter() - generating, generating - started,
-            )
-            emit(StreamEvent("", finish_reason, Usage(counter.prompt_tokens, completion)))
-            emit(_END)
-        except _StreamCancelled:
-            emit(_END)
-        except ValueError as exc:
-            emit(self._overflow(exc))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            emit(exc)
+        """Queue one request (n samples) with the model's scheduler; bad parameters raise here."""
+        kwargs = generation_kwargs(optional_params, self.spec.stop)
+        n = sample_count(optional_params)
+        assert self.scheduler is not None
+        self.scheduler.submit(to_llama_messages(messages), kwargs, n, emit, cancelled)
 
 
 def _collect(events: list[StreamEvent], started: float) -> Generation:
-    final = events[-1] if events and events[-1].usage is not None else StreamEvent("", "stop", Usage())
-    return Generation(
-        text="".join(e.text for e in events),
-        finish_reason=final.finish_reason or "stop",
-        usage=final.usage or Usage(),
-        seconds=time.perf_counter() - started,
-    )
+    texts: dict[int, list[str]] = {}
+    reasons: dict[int, str] = {}
+    usage = Usage()
+    for event in events:
+        texts.setdefault(event.index, []).append(event.text)
+        if event.finish_reason is not None:
+            reasons[event.index] = event.finish_reason
+        if event.usage is not None:
+            usage = event.usage
+    indices = sorted(texts) or [0]
+    choices = [Choice("".join(texts.get(i, [])), reasons.get(i, "stop"), i) for i in indices]
+    return Generation(choices=choices, usage=usage, seconds=time.perf_counter() - started)
 
 
 class LocalTimeout(LocalModelError):
@@ -308,9 +218,15 @@ def _compute_slot() -> threading.BoundedSemaphore:
 class LocalRuntime:
     """Registry of loaded models; the provider talks only to this."""
 
-    def __init__(self, n_ctx: int | None = None, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        max_seqs: int | None = None,
+    ) -> None:
         self._n_ctx = n_ctx
         self._n_threads = n_threads
+        self._max_seqs = max_seqs
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -320,11 +236,12 @@ class LocalRuntime:
         with self._lock:
             loaded = self._models.get(spec.name)
             if loaded is None:
+                n_ctx = self._n_ctx or _env_int(N_CTX_ENV, DEFAULT_N_CTX)
                 loaded = LoadedModel(
                     spec=spec,
-                    n_ctx=self._n_ctx or _env_int(N_CTX_ENV, DEFAULT_N_CTX),
+                    n_ctx=n_ctx,
                     n_threads=self._n_threads or _env_int(THREADS_ENV, os.cpu_count() or 1),
-                    executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{spec.name}"),
+                    max_seqs=self._max_seqs or _env_int(BATCH_ENV, DEFAULT_BATCH),
                 )
                 self._models[spec.name] = loaded
             return loaded
@@ -337,7 +254,8 @@ class LocalRuntime:
     def load(self, name: str) -> Path:
         """Load a model now (assembling its file if needed); returns the GGUF path."""
         model = self.model(name)
-        model.executor.submit(model.ensure_loaded).result()
+        assert model.scheduler is not None
+        model.scheduler.call(model.ensure_loaded)
         assert model.path is not None
         return model.path
 
@@ -352,7 +270,7 @@ class LocalRuntime:
         model = self.model(name)
         sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
         cancelled = threading.Event()
-        job = model.executor.submit(model.run, messages, optional_params, sink.put, cancelled)
+        model.submit(messages, optional_params, sink.put, cancelled)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -367,8 +285,7 @@ class LocalRuntime:
                     raise item
                 yield item
         finally:
-            cancelled.set()
-            job.cancel()  # only has an effect while still queued
+            cancelled.set()  # the scheduler drops the request at its next step (or before it starts)
 
     def complete(
         self,
@@ -399,7 +316,7 @@ class LocalRuntime:
             except RuntimeError:  # loop closed: nobody is listening any more
                 cancelled.set()
 
-        job = model.executor.submit(model.run, messages, optional_params, emit, cancelled)
+        model.submit(messages, optional_params, emit, cancelled)
         deadline = None if timeout is None else loop.time() + timeout
         try:
             while True:
@@ -416,8 +333,7 @@ class LocalRuntime:
                     raise item
                 yield item
         finally:
-            cancelled.set()
-            job.cancel()  # only has an effect while still queued
+            cancelled.set()  # the scheduler drops the request at its next step (or before it starts)
 
     async def acomplete(
         self,
@@ -451,6 +367,7 @@ def default_runtime() -> LocalRuntime:
 
 
 __all__ = [
+    "Choice",
     "Generation",
     "LocalModelError",
     "LocalRuntime",
