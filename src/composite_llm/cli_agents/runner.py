@@ -689,7 +689,9 @@ class _Run:
             limit = min(total_left, self.idle_timeout)
             kind = "total" if total_left <= self.idle_timeout else "idle"
         try:
-            await asyncio.wait_for(asyncio.shield(wait_task), max(0.0, limit))
+            # asyncio.timeout, not wait_for: wait_for can swallow a cancellation on Python 3.11 (the client left).
+            async with asyncio.timeout(max(0.0, limit)):
+                await asyncio.shield(wait_task)
         except asyncio.TimeoutError:
             if kind is not None:
                 raise self._timeout_error(kind) from None
@@ -714,17 +716,20 @@ class _Run:
         if not wait_task.done() or self._signal_group(0):
             if self._signal_group(signal.SIGTERM) and not wait_task.done():
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(wait_task), self.settings.kill_grace_seconds)
+                    async with asyncio.timeout(self.settings.kill_grace_seconds):
+                        await asyncio.shield(wait_task)
             self._signal_group(signal.SIGKILL)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(wait_task), _REAP_TIMEOUT)
+            async with asyncio.timeout(_REAP_TIMEOUT):
+                await asyncio.shield(wait_task)
 
     async def _cleanup(self, error: BaseException | None) -> None:
         try:
             await self._terminate()
             if self.stderr_task is not None and not self.stderr_task.done():
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.stderr_task), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await asyncio.shield(self.stderr_task)
         except BaseException:
             self._signal_group(signal.SIGKILL)
             raise

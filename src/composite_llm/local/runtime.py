@@ -324,7 +324,10 @@ class LocalRuntime:
                     item = await sink.get()
                 else:
                     try:
-                        item = await asyncio.wait_for(sink.get(), max(0.0, deadline - loop.time()))
+                        # asyncio.timeout_at, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                        # that arrives as the item does, and the consumer keeps running after its client left.
+                        async with asyncio.timeout_at(deadline):
+                            item = await sink.get()
                     except TimeoutError:
                         raise LocalTimeout(f"local/{name} did not answer within {timeout:g}s") from None
                 if item is _END:
