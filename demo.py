@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Ask one task to base models and to composites built from them, and print the seed-style SUMMARY.
+"""Ask one task to base models and to composites built from them, and print the composite_llm_research-style SUMMARY.
 
     python demo.py                          # offline: local llama.cpp models, no keys needed
     python demo.py --task "What is 17*23?"
-    CEREBRAS_API_KEY=... python demo.py     # the seed's Cerebras line-up (LITELLM_API_KEY works too)
+    CEREBRAS_API_KEY=... python demo.py     # composite_llm_research's Cerebras line-up (LITELLM_API_KEY works too)
 
 Each model streams while it runs: composites show their stages (members answering, failures, rankings)
 as they happen, then the final answer token by token. The summary lists every model with its answer,
@@ -43,7 +43,7 @@ QWEN_LINEUP = [
 
 
 def cerebras_key() -> Optional[str]:
-    """The seed's rule: CEREBRAS_API_KEY, or LITELLM_API_KEY mapped to Cerebras."""
+    """composite_llm_research's rule: CEREBRAS_API_KEY, or LITELLM_API_KEY mapped to Cerebras."""
     key = os.environ.get("CEREBRAS_API_KEY") or os.environ.get("LITELLM_API_KEY")
     if key and not os.environ.get("CEREBRAS_API_KEY"):
         os.environ["CEREBRAS_API_KEY"] = key

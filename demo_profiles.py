@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run every profile that can run here on one task and print the seed-style SUMMARY.
+"""Run every profile that can run here on one task and print the composite_llm_research-style SUMMARY.
 
     python demo_profiles.py                       # all runnable profiles
     python demo_profiles.py --only self_moa_smollm2,moa_light --task "What is 17*23?"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Ask one task to several models of a running LiteLLM proxy and print the seed-style SUMMARY.
+"""Ask one task to several models of a running LiteLLM proxy and print the composite_llm_research-style SUMMARY.
 
     scripts/demo_proxy.py --base-url http://127.0.0.1:4000
     scripts/demo_proxy.py --base-url http://127.0.0.1:4000 --models smollm2-135m,self_moa_smollm2 --stream

@@ -35,7 +35,7 @@ def _script(server):
 
 
 def test_seed_readme_council_call(server):
-    """The seed's form: optional_params with council_models and chairman_model, plus api_base."""
+    """composite_llm_research's form: optional_params with council_models and chairman_model, plus api_base."""
     _script(server)
     response = litellm.completion(
         model="composite/council/openai/chair",

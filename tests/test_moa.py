@@ -51,7 +51,7 @@ async def test_moa_async_parallel(server, call_kwargs):
 
 
 async def test_sync_call_inside_running_loop_stays_parallel(server, call_kwargs):
-    """The seed ran proposers one after another inside a running loop; here they stay parallel."""
+    """composite_llm_research ran proposers one after another inside a running loop; here they stay parallel."""
     _script(server)
     started = time.monotonic()
     response = litellm.completion(model=MOA, messages=user("What is 2+2?"), proposers=PROPOSERS, **call_kwargs)

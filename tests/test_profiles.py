@@ -30,7 +30,7 @@ def test_shipped_profiles_validate():
 
 
 def test_seed_proxy_config_shape_is_valid():
-    """The seed's general_settings.composite_llm block (strategy_registry, observability, settings) loads."""
+    """composite_llm_research's general_settings.composite_llm block (strategy_registry, observability, settings) loads."""
     block = {
         "observability": {"enabled": False, "log_file": "llm_logs.jsonl"},
         "strategy_registry": {"moa": "composite_llm.strategies.moa:MoAStrategy",

@@ -103,7 +103,7 @@ class TraceLogConfig(StrictModel):
 
 
 class SeedObservability(StrictModel):
-    """The seed's `observability: {enabled, log_file}` block, read as a trace log setting."""
+    """composite_llm_research's `observability: {enabled, log_file}` block, read as a trace log setting."""
 
     enabled: bool = False
     log_file: Optional[str] = None
@@ -116,7 +116,7 @@ class DocumentSettings(StrictModel):
     allow_request_overrides: bool = False
     trace_log: Optional[TraceLogConfig] = None
     observability: Optional[SeedObservability] = None
-    # The seed mapped strategy names to classes; strategies are registered in code here, so the block
+    # composite_llm_research mapped strategy names to classes; strategies are registered in code here, so the block
     # is accepted for compatibility and checked to name known strategies only.
     strategy_registry: Optional[dict[str, str]] = None
     # Cap on the conversation size of one composite request, in bytes of JSON (None: the default,

@@ -1,7 +1,7 @@
 """From what LiteLLM hands the provider to a validated, ready-to-run composite request.
 
 Inline parameters arrive three ways and are merged in this order (later wins): plain kwargs
-(`proposers=[...]`), a nested `optional_params={...}` kwarg (the seed's form), and `extra_body`. OpenAI
+(`proposers=[...]`), a nested `optional_params={...}` kwarg (composite_llm_research's form), and `extra_body`. OpenAI
 parameters are split into those every sub-call gets (temperature, seed, ...) and those only the final
 stage gets (tools, response_format, max_tokens, stop, ...). Anything else is an error that names it.
 

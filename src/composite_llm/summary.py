@@ -1,4 +1,4 @@
-"""The seed-style SUMMARY printed by the demos: one line per model with its answer, latency, tokens, cost.
+"""The composite_llm_research-style SUMMARY printed by the demos: one line per model with its answer, latency, tokens, cost.
 
 Shared by `demo.py`, `demo_profiles.py` and `scripts/demo_proxy.py`; imports nothing heavy.
 """
@@ -29,7 +29,7 @@ class Outcome:
 
 
 def preview(text: str, width: int = 100) -> str:
-    """One line; the end of a long answer (where the conclusion is), as the seed showed it."""
+    """One line; the end of a long answer (where the conclusion is), as composite_llm_research showed it."""
     flat = " ".join(text.split())
     return flat if len(flat) <= width else "..." + flat[-(width - 3):]
 

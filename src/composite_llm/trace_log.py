@@ -1,6 +1,6 @@
 """Optional JSONL log of every composite request: one line per request, secrets redacted.
 
-Enabled by `trace_log: {path: ...}` (or the seed's `observability: {enabled, log_file}`) in a profile
+Enabled by `trace_log: {path: ...}` (or composite_llm_research's `observability: {enabled, log_file}`) in a profile
 document or the proxy block, or by `$COMPOSITE_LLM_TRACE_LOG`. Each line is written with one `write` on
 an O_APPEND descriptor, so concurrent writers (threads, proxy workers) never interleave lines.
 """

@@ -77,7 +77,7 @@ _SUPERVISOR_CANNOT_START = 127
 
 
 class CLISettings(BaseModel):
-    """Per-deployment settings of a CLI agent (the seed's names where it had them)."""
+    """Per-deployment settings of a CLI agent (composite_llm_research's names where it had them)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -81,7 +81,7 @@ class CouncilSettings(FanOutSettings):
     skip_own_answer: a reviewer that is also a member does not see its own answer.
     shuffle: each reviewer sees the answers in its own random order (position bias); `shuffle_seed` fixes it
         (not `seed`, which is the OpenAI sampling parameter and goes to the members).
-    max_council_size: reject topologies with more members (kept from the seed's profiles).
+    max_council_size: reject topologies with more members (kept from composite_llm_research's profiles).
     include_stage_summaries_in_reasoning: show member answer previews in reasoning_content.
     """
 

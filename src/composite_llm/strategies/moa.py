@@ -37,7 +37,7 @@ Write your answer now."""
 
 
 class MoASettings(FanOutSettings):
-    """MoA settings. `max_tool_iterations` is accepted so the seed's profiles stay valid; it has no
+    """MoA settings. `max_tool_iterations` is accepted so composite_llm_research profiles stay valid; it has no
     effect, because tool calls are returned to the client (the composite runs no tool loop)."""
 
     max_tool_iterations: Optional[int] = Field(default=None, ge=0)
