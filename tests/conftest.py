@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOG", "ERROR")
@@ -58,3 +60,32 @@ def call_kwargs(server):
 
 def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+def collect(stream) -> tuple[str, str, object]:
+    """A sync stream's content, reasoning_content and last usage."""
+    content, reasoning, usage = [], [], None
+    for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            content.append(delta.content or "")
+            reasoning.append(getattr(delta, "reasoning_content", None) or "")
+        if getattr(chunk, "usage", None):
+            usage = chunk.usage
+    return "".join(content), "".join(reasoning), usage
+
+
+async def cancel_once_sent(task: asyncio.Future, server, sent: int) -> None:
+    """Wait (at most 5 s) until `sent` requests reached the fake server, cancel `task`, and check that the
+    server saw every one of them end (the sub-calls were cancelled, not left running)."""
+    deadline = time.monotonic() + 5
+    while len(server.requests) < sent and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(server.requests) == sent
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while any(r.finished is None for r in server.requests) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert all(r.finished is not None for r in server.requests)  # the server saw the disconnects

@@ -10,7 +10,7 @@ import pytest
 
 from composite_llm.strategies.framing import framed_spans, stated_nonce
 from composite_llm.strategies.fusion import parse_comparison
-from conftest import API_KEY, user
+from conftest import API_KEY, collect, user
 
 FUSION = "composite/fusion/openai/judge"
 PANEL = ["openai/p1", "openai/p2", "openai/p3"]
@@ -39,18 +39,6 @@ def script_fusion(server, replies=("42", "41", "42")):
     for model, reply in zip(("p1", "p2", "p3"), replies):
         server.set_model(model, reply=f"I think it is {reply}")
     server.set_model("judge", reply=judge_reply)
-
-
-def collect(stream):
-    content, reasoning, usage = [], [], None
-    for chunk in stream:
-        if chunk.choices:
-            delta = chunk.choices[0].delta
-            content.append(delta.content or "")
-            reasoning.append(getattr(delta, "reasoning_content", None) or "")
-        if getattr(chunk, "usage", None):
-            usage = chunk.usage
-    return "".join(content), "".join(reasoning), usage
 
 
 # =========================================================================== fusion

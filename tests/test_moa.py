@@ -10,7 +10,7 @@ import litellm
 import pytest
 
 from composite_llm.testing import ModelBehavior
-from conftest import API_KEY, user
+from conftest import API_KEY, cancel_once_sent, user
 
 PROPOSERS = ["openai/p1", "openai/p2", "openai/p3"]
 MOA = "composite/moa/openai/agg"
@@ -266,17 +266,7 @@ async def test_cancelling_the_caller_cancels_every_sub_call(server, call_kwargs)
     task = asyncio.ensure_future(
         litellm.acompletion(model=MOA, messages=user("q"), proposers=PROPOSERS, **call_kwargs)
     )
-    deadline = time.monotonic() + 5
-    while len(server.requests) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert len(server.requests) == 3
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    deadline = time.monotonic() + 5
-    while any(r.finished is None for r in server.requests) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert all(r.finished is not None for r in server.requests)  # the server saw the disconnects
+    await cancel_once_sent(task, server, 3)
     assert not server.requests_for("agg")
 
 

@@ -21,6 +21,7 @@ from composite_llm import router_members
 from composite_llm.errors import CompositeConfigError
 from composite_llm.profiles import REGISTRY
 from composite_llm.testing import count_tokens
+from conftest import cancel_once_sent
 
 PRICE = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
 
@@ -293,23 +294,11 @@ async def test_request_api_base_and_key_do_not_override_a_router_deployment(serv
 async def test_cancelling_the_caller_cancels_router_members(server, use_router):
     """Cancellation reaches sub-calls inside the Router: the deployments see the disconnects, the
     aggregator is never called."""
-    import time
-
     for name in ("d1", "d2"):
         server.set_model(name, latency_s=30)
     use_router([_deployment("pool", "d1", server.base_url), _deployment("pool", "d2", server.base_url),
                 _deployment("final", "agg", server.base_url)],
                _profiles(pooled={"aggregator": "router/final", "proposers": ["router/pool"] * 3}), num_retries=0)
     task = asyncio.ensure_future(litellm.acompletion(model="composite/profile/pooled", messages=_user()))
-    deadline = time.monotonic() + 5
-    while len(server.requests) < 3 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert len(server.requests) == 3
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    deadline = time.monotonic() + 5
-    while any(r.finished is None for r in server.requests) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert all(r.finished is not None for r in server.requests)
+    await cancel_once_sent(task, server, 3)
     assert not server.requests_for("agg")

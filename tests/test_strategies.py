@@ -22,7 +22,7 @@ from composite_llm.strategies.answers import (
     tally,
 )
 from composite_llm.strategies.framing import framed_spans, stated_nonce
-from conftest import API_KEY, user
+from conftest import API_KEY, collect, user
 
 REPO = Path(__file__).resolve().parents[1]
 SC = "composite/self-consistency/openai/sc"
@@ -47,18 +47,6 @@ def blocks(request):
     """The labelled candidates a judge request shows, in the order shown: the real frames, those whose
     markers carry the nonce the system message states."""
     return framed_spans(request.last_user_text, stated_nonce(request.system_text))
-
-
-def collect(stream):
-    content, reasoning, usage = [], [], None
-    for chunk in stream:
-        if chunk.choices:
-            delta = chunk.choices[0].delta
-            content.append(delta.content or "")
-            reasoning.append(getattr(delta, "reasoning_content", None) or "")
-        if getattr(chunk, "usage", None):
-            usage = chunk.usage
-    return "".join(content), "".join(reasoning), usage
 
 
 async def acollect(stream):
