@@ -111,15 +111,16 @@ async def test_router_members_spread_over_the_groups_deployments_with_exact_usag
 
 
 async def test_router_members_get_their_deployments_spread_across_requests(server, use_router):
-    for name in ("d1", "d2", "agg"):
+    # Model names of its own: no other test's deployment (same params, same deployment id) is involved.
+    for name in ("spread1", "spread2", "agg"):
         server.set_model(name, reply=f"{name} says 4")
-    use_router([_deployment("pool", "d1", server.base_url), _deployment("pool", "d2", server.base_url)],
+    use_router([_deployment("pool", "spread1", server.base_url), _deployment("pool", "spread2", server.base_url)],
                _profiles(pooled={"aggregator": {"model": "openai/agg", "params": {"api_base": server.base_url,
                                                                                   "api_key": "sk-fake"}},
                                  "proposers": ["router/pool"], "settings": {"retries": 0}}), num_retries=0)
     for _ in range(12):
         await litellm.acompletion(model="composite/profile/pooled", messages=_user())
-    counts = {m: len(server.requests_for(m)) for m in ("d1", "d2")}
+    counts = {m: len(server.requests_for(m)) for m in ("spread1", "spread2")}
     assert sum(counts.values()) == 12 and min(counts.values()) >= 1, counts  # simple-shuffle used both
 
 
