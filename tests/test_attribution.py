@@ -8,7 +8,8 @@ from math import comb
 import pytest
 
 from composite_llm.eval import report
-from composite_llm.eval.baselines import COT_INSTRUCTION, cot_specs, with_instruction
+from composite_llm.eval.baselines import COT_INSTRUCTION, cot_specs
+from composite_llm.messages import with_instruction
 from composite_llm.eval.paired import best_single, exact_sign_test, pair
 from composite_llm.eval.scorers import number_words_to_digits, score_numeric
 from composite_llm.eval.tasks import Task
@@ -89,3 +90,16 @@ def test_bundled_word_problems():
     # spot checks of multi-step items, worked by hand: 96 oranges, half sold (48 left), a third of those sold
     assert "96 oranges" in by_id["word-026"].prompt and by_id["word-026"].expected == "32"
     assert "7:45 pm" in by_id["word-025"].prompt and by_id["word-025"].expected == "60"  # ends 10:00 pm
+
+
+def test_baselines_can_be_named_in_the_model_list():
+    """`cot(<m>)`, `cot-sc(<m>)` and `self-moa(<m>)` run item by item beside the other models."""
+    from composite_llm.eval.baselines import parse_models
+
+    specs = parse_models("local/m,cot(local/m),cot-sc(local/m),self-moa(local/m),composite/profile/p,cot()")
+    assert [(s.label, s.kind) for s in specs] == [
+        ("local/m", "model"), ("cot(local/m)", "cot"), ("cot-sc(local/m)", "cot-sc"),
+        ("self-moa(local/m)", "self-moa"), ("composite/profile/p", "composite"), ("cot()", "model")]
+    cot, cot_sc = specs[1], specs[2]
+    assert cot.model == "local/m" and cot.instruction == COT_INSTRUCTION
+    assert cot_sc.model == "composite/self-consistency/local/m" and cot_sc.instruction == COT_INSTRUCTION

@@ -505,6 +505,28 @@ def test_a_composite_sampling_one_local_model_evaluates_the_prompt_once_and_deco
 
 
 @needs_llama
+async def test_a_request_admitted_while_its_prompt_is_decoding_elsewhere_reuses_it_and_answers_the_same():
+    """More same-prompt requests than sequence slots: the last one waits, and is admitted while the others
+    are past their prompt. It copies the prompt from a running sequence; llama.cpp copies only whole
+    streams (a range copy aborted the process), so the copy is whole and the generated tail is removed."""
+    register_local_provider()
+    scheduler = default_runtime().model("smollm2-135m").scheduler
+    assert scheduler is not None
+    question = user("Name three colours of the rainbow.")
+    alone = await litellm.acompletion(model=SMOL, messages=question, max_tokens=24, temperature=0)
+    before = _stats()
+    short = [litellm.acompletion(model=SMOL, messages=question, max_tokens=2, temperature=0)]
+    long = [litellm.acompletion(model=SMOL, messages=question, max_tokens=24, temperature=0)
+            for _ in range(scheduler.max_seqs)]  # the slots fill; the last of these waits for the short one
+    answers = await asyncio.gather(*short, *long)
+    assert [a.choices[0].message.content for a in answers[1:]] == [alone.choices[0].message.content] * len(long)
+    delta = _delta(before, _stats())
+    prompt = alone.usage.prompt_tokens
+    assert delta["requests"] == len(long) + 1
+    assert delta["prompt_tokens_evaluated"] <= prompt + 2  # the late request evaluated one token of it
+
+
+@needs_llama
 def test_timeout_stops_generation_and_the_model_stays_usable():
     register_local_provider()
     started = time.perf_counter()

@@ -764,3 +764,37 @@ def test_shipped_strategy_profiles_validate():
                  "self_consistency_local", "best_of_n_local", "debate_local"):
         assert name in source.profiles, name
     assert {p.strategy.name for p in source.profiles.values()} >= {"self_consistency", "best_of_n", "debate"}
+
+
+# =========================================================================== node instruction
+def test_a_node_instruction_reaches_that_node_only_appended_to_the_last_user_message(server, call_kwargs,
+                                                                                     explicit_profiles):
+    """`instruction` on a node (and on its sampled short form) is appended to the last user message of
+    that node's calls; the judge and the caller's messages are untouched."""
+    server.set_model("reasoner", reply="Step by step: 6*7 = 42. The answer is 42.")
+    server.set_model("plain-judge", reply="unused")
+    explicit_profiles({"profiles": {"sc_reasoned": {"strategy": "self_consistency", "topology": {
+        "model": {"model": "openai/reasoner", "instruction": "Think step by step."},
+        "samples": 3, "temperature": 0.7, "judge": "openai/plain-judge",
+        "settings": {"tie_break": "judge"}}}}})
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 6*7?"}]
+    response = litellm.completion(model="composite/profile/sc_reasoned", messages=messages, **call_kwargs)
+    assert "42" in response.choices[0].message.content
+    requests = server.requests_for("reasoner")
+    assert len(requests) == 3
+    for request in requests:
+        assert request.messages[-1] == {"role": "user", "content": "What is 6*7?\n\nThink step by step."}
+        assert request.messages[0] == {"role": "system", "content": "Be brief."}
+    assert messages[1]["content"] == "What is 6*7?"
+    assert server.requests_for("plain-judge") == []  # unanimous: no tie to break
+
+
+def test_instruction_is_validated_and_kept_by_the_sampled_short_form():
+    from composite_llm.schema import NodeConfig, SampledNodes
+
+    node = NodeConfig.model_validate({"model": "openai/m", "instruction": "Check each step."})
+    nodes = SampledNodes.of(node, samples=2, temperature=0.5).nodes()
+    assert [n.instruction for n in nodes] == ["Check each step."] * 2
+    assert [n.params["temperature"] for n in nodes] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="instruction"):
+        NodeConfig.model_validate({"model": "openai/m", "instruction": ""})

@@ -33,6 +33,7 @@ from .limits import (  # noqa: F401 - set_max_concurrency and its default stay i
     observed_latency,
     set_max_concurrency,
 )
+from .messages import with_instruction
 from .redact import redact, secret_values_in
 from .schema import DEFAULT_MAX_SUB_CALLS, ENV_REF_PREFIX, FanOutSettings, NodeConfig, ProviderBundle
 from .trace import SubCallRecord, Trace, preview
@@ -252,7 +253,7 @@ class RunContext:
             })
         kwargs.update(call.params)
         kwargs["model"] = call.model
-        kwargs["messages"] = messages
+        kwargs["messages"] = with_instruction(messages, call.node.instruction)
         kwargs["no-log"] = True  # the composite request is logged once, by LiteLLM, with the summed cost
         if call.node.is_composite:
             kwargs["composite_depth"] = self.depth + 1

@@ -6,7 +6,7 @@ Composite prompts are merged into the conversation without breaking it: one syst
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 # What a composite answer carries besides its content (the trace of the last turn: `reasoning_content`,
 # `provider_specific_fields`) and reasoning blocks of any model. Clients commonly append the whole
@@ -60,12 +60,26 @@ def with_system_prompt(messages: list[Any], prompt: str) -> list[dict[str, Any]]
     return [{"role": "system", "content": prompt}, *result]
 
 
-def last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        message = _as_dict(message)
-        if message.get("role") == "user":
-            return content_text(message.get("content"))
-    return ""
+def with_instruction(messages: list[Any], instruction: Optional[str]) -> list[Any]:
+    """`messages` with `instruction` appended to the last user message as a new paragraph (a text part for
+    list content); the list and the user's dicts are not mutated. A node's `instruction` and the eval's
+    chain-of-thought baselines both go through this, so a profile and its baseline send the same prompt."""
+    if not instruction:
+        return messages
+    result = list(messages)
+    for index in range(len(result) - 1, -1, -1):
+        message = _as_dict(result[index])
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            merged: Any = [*content, {"type": "text", "text": instruction}]
+        else:
+            existing = content_text(content)
+            merged = f"{existing}\n\n{instruction}" if existing else instruction
+        result[index] = {**message, "content": merged}
+        break
+    return result
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:

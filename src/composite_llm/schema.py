@@ -41,6 +41,9 @@ class NodeConfig(StrictModel):
     name: Optional[str] = Field(default=None, description="label shown in traces instead of the model")
     timeout_s: Optional[float] = Field(default=None, gt=0)
     fallbacks: list["NodeConfig"] = Field(default_factory=list)
+    instruction: Optional[str] = Field(
+        default=None, min_length=1,
+        description="text appended to the last user message of this node's calls (e.g. a reasoning instruction)")
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +110,19 @@ class SampledNodes(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     name: Optional[str] = None
     timeout_s: Optional[float] = Field(default=None, gt=0)
+    instruction: Optional[str] = Field(default=None, min_length=1)
+
+    @classmethod
+    def of(cls, node: NodeConfig, *, samples: int, temperature: Optional[float] = None,
+           temperatures: Optional[list[float]] = None) -> "SampledNodes":
+        """The short form for `node` sampled `samples` times (its provider, params, name, timeout and
+        instruction kept); the strategies with a `model` + `samples` topology expand through this."""
+        return cls(model=node.model, samples=samples, temperature=temperature, temperatures=temperatures,
+                   provider=node.provider, params=node.params, name=node.name, timeout_s=node.timeout_s,
+                   instruction=node.instruction)
+
+    def nodes(self) -> list[NodeConfig]:
+        return [NodeConfig.model_validate(node) for node in self.expand()]
 
     def expand(self) -> list[dict[str, Any]]:
         if self.temperatures is not None and len(self.temperatures) != self.samples:
@@ -119,7 +135,7 @@ class SampledNodes(StrictModel):
                 params["temperature"] = temperature
             label = f"{self.name or self.model} #{index + 1}"
             nodes.append({"model": self.model, "provider": self.provider, "params": params, "name": label,
-                          "timeout_s": self.timeout_s})
+                          "timeout_s": self.timeout_s, "instruction": self.instruction})
         return nodes
 
 

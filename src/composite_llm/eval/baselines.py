@@ -54,8 +54,24 @@ def parse_models(text: str | Sequence[str]) -> list[ModelSpec]:
         if not name or name in seen:
             continue
         seen.add(name)
-        specs.append(ModelSpec(label=name, model=name, kind="composite" if name.startswith(PREFIX) else "model"))
+        specs.append(named_baseline(name) or
+                     ModelSpec(label=name, model=name, kind="composite" if name.startswith(PREFIX) else "model"))
     return specs
+
+
+def named_baseline(name: str) -> Optional[ModelSpec]:
+    """`cot(<model>)`, `cot-sc(<model>)` or `self-moa(<model>)` as a model to compare: the baseline of that
+    name, run item by item beside the others (`--baselines` runs them after every member, as a second
+    phase, so a stopped run may have none)."""
+    for kind in ("cot-sc", "cot", "self-moa"):
+        prefix = f"{kind}("
+        if name.startswith(prefix) and name.endswith(")") and len(name) > len(prefix) + 1:
+            model = name[len(prefix):-1]
+            if kind == "self-moa":
+                return self_moa_spec(model)
+            cot, cot_sc = cot_specs(model)
+            return cot_sc if kind == "cot-sc" else cot
+    return None
 
 
 def composite_members(model: str) -> list[str]:
@@ -139,22 +155,6 @@ def pick_best(results: Iterable[dict[str, Any]], candidates: Sequence[str],
         return (-(correct / n), (lat_sum / lat_n) if lat_n else float("inf"), candidates.index(label))
 
     return min(stats, key=key)
-
-
-def with_instruction(messages: list[dict[str, Any]], instruction: Optional[str]) -> list[dict[str, Any]]:
-    """`messages` with `instruction` appended to the last user message (a new paragraph), copies only."""
-    if not instruction:
-        return messages
-    out = [dict(m) for m in messages]
-    for message in reversed(out):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                message["content"] = f"{content}\n\n{instruction}"
-            elif isinstance(content, list):
-                message["content"] = [*content, {"type": "text", "text": instruction}]
-            break
-    return out
 
 
 def cot_specs(best: str, *, of: Optional[str] = None) -> list[ModelSpec]:

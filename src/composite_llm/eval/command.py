@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             if best is None:
                 print("no member results: Self-MoA baseline skipped", file=sys.stderr)
                 return
-            extra = [self_moa_spec(best), *cot_specs(best)]
+            listed = {s.label for s in specs}
+            extra = [s for s in (self_moa_spec(best), *cot_specs(best)) if s.label not in listed]
             print(f"best member: {best}; running " + ", ".join(s.label for s in extra), file=sys.stderr)
             specs.extend(extra)
             await run_eval(extra, tasks, results_path, options)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .baselines import ModelSpec, with_instruction
+from ..messages import with_instruction
+from .baselines import ModelSpec
 from .scorers import Score, score_answer
 from .tasks import Task
 

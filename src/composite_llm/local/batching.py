@@ -405,7 +405,10 @@ class BatchScheduler:
                 best, best_len = live, shared
         reuse = min(best_len, len(prompt) - 1)  # at least one token is evaluated, for its logits
         if best is not None and reuse > 0:
-            self._llama_cpp.llama_memory_seq_cp(self._mem, best.seq_id, leader.seq_id, 0, reuse)
+            # Each sequence has its own stream (kv_unified=false) and llama.cpp copies between streams only
+            # whole (a range copy is a GGML_ASSERT that aborts the process): copy all, then drop the tail.
+            self._llama_cpp.llama_memory_seq_cp(self._mem, best.seq_id, leader.seq_id, -1, -1)
+            self._llama_cpp.llama_memory_seq_rm(self._mem, leader.seq_id, reuse, -1)
             leader.kv_tokens = prompt[:reuse]
         leader.pending = prompt[reuse:]
         leader.followers = followers

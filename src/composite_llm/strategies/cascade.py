@@ -41,7 +41,7 @@ form, giving how confident you are that the final answer is correct:
 SCORE: <an integer from 0 (certainly wrong) to 10 (certainly right)>"""
 
 
-_NODE_KEYS = ("provider", "params", "name", "timeout_s", "fallbacks")
+_NODE_KEYS = ("provider", "params", "name", "timeout_s", "fallbacks", "instruction")
 
 
 class CascadeTier(StrictModel):
@@ -80,10 +80,8 @@ class CascadeTier(StrictModel):
     def sample_nodes(self) -> list[NodeConfig]:
         if self.samples == 1 and self.temperature is None and self.temperatures is None:
             return [self.model]
-        sampled = SampledNodes(model=self.model.model, samples=self.samples, temperature=self.temperature,
-                               temperatures=self.temperatures, provider=self.model.provider,
-                               params=self.model.params, name=self.model.name, timeout_s=self.model.timeout_s)
-        return [NodeConfig.model_validate(node) for node in sampled.expand()]
+        return SampledNodes.of(self.model, samples=self.samples, temperature=self.temperature,
+                               temperatures=self.temperatures).nodes()
 
 
 class CascadeSettings(ExtractionSettings):

@@ -91,10 +91,8 @@ class SelfConsistencyTopology(StrictModel):
         return self
 
     def sample_nodes(self) -> list[NodeConfig]:
-        sampled = SampledNodes(model=self.model.model, samples=self.samples, temperature=self.temperature,
-                               temperatures=self.temperatures, provider=self.model.provider,
-                               params=self.model.params, name=self.model.name, timeout_s=self.model.timeout_s)
-        return [NodeConfig.model_validate(node) for node in sampled.expand()]
+        return SampledNodes.of(self.model, samples=self.samples, temperature=self.temperature,
+                               temperatures=self.temperatures).nodes()
 
 
 class SelfConsistencyStrategy:
