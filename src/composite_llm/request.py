@@ -24,9 +24,8 @@ from pydantic import ValidationError
 from .errors import CompositeConfigError
 from .messages import validate_messages
 from .model_string import ModelTarget, parse_model_string
-from .profiles import (DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError,
-                       _pydantic_problems)
-from .schema import ProviderBundle
+from .profiles import DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError
+from .schema import ProviderBundle, validation_problems
 from .strategies import get_strategy
 from .trace import Trace
 
@@ -305,4 +304,4 @@ def _topology(target: ModelTarget, strategy: Any, profile: Optional[LoadedProfil
         return strategy.topology_model.model_validate(data)
     except ValidationError as exc:
         raise CompositeConfigError(f"invalid topology for {where}:\n  - "
-                                   + "\n  - ".join(_pydantic_problems(exc, "topology"))) from None
+                                   + "\n  - ".join(validation_problems(exc, "topology"))) from None
