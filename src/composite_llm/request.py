@@ -26,7 +26,7 @@ from .messages import validate_messages
 from .model_string import ModelTarget, parse_model_string
 from .profiles import DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError
 from .schema import ProviderBundle, validation_problems
-from .strategies import get_strategy
+from .strategies import Strategy, Topology, get_strategy
 from .trace import Trace
 
 logger = logging.getLogger("composite_llm")
@@ -71,8 +71,8 @@ class CompositeRequest:
 
     target: ModelTarget
     display_model: str
-    strategy: Any
-    topology: Any
+    strategy: Strategy[Any]
+    topology: Topology
     providers: dict[str, ProviderBundle]
     messages: list[dict[str, Any]]
     shared_params: dict[str, Any]
@@ -281,7 +281,8 @@ def _proxy_callable_names(profiles: list[str]) -> Optional[list[str]]:
     return sorted(names)
 
 
-def _topology(target: ModelTarget, strategy: Any, profile: Optional[LoadedProfile], inline: dict[str, Any]) -> Any:
+def _topology(target: ModelTarget, strategy: Strategy[Any], profile: Optional[LoadedProfile], inline: dict[str, Any]
+              ) -> Topology:
     """The validated topology: the profile's (with inline overrides) or one built from inline params."""
     if profile is not None:
         if not inline:

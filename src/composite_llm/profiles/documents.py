@@ -11,11 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from ..errors import CompositeConfigError
 from ..schema import ProviderBundle, StrictModel
-from ..strategies.base import Strategy
+from ..strategies.base import Strategy, Topology
 
 # A composite sends the whole conversation to every member: the default cap per request (about 1M tokens
 # of text, past every model's context; 0 disables it).
@@ -104,8 +104,8 @@ class LoadedProfile:
     """A validated profile ready to run."""
 
     name: str
-    strategy: Any
-    topology: BaseModel
+    strategy: Strategy[Any]
+    topology: Topology
     origin: str
     providers: dict[str, ProviderBundle]
     description: Optional[str] = None
