@@ -107,7 +107,7 @@ class _FileCache:
             data = read_yaml(path)
             if data is None and last_good is not None and last_good.profiles:
                 raise ProfileFileError(f"profile file {path} is empty (being rewritten?)")
-            source = parse_document(data, str(path), base_dir=path.parent)
+            source = parse_document(data, str(path))
             return _CacheEntry(key, source=source, last_good=source)
         except ProfileFileError as exc:
             if last_good is None:

@@ -8,8 +8,7 @@ provider bundles, each profile's strategy and topology, provider and router refe
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,7 +34,7 @@ def iter_nodes(value: Any) -> Iterable[NodeConfig]:
             yield from iter_nodes(item)
 
 
-def parse_document(data: Any, origin: str, *, base_dir: Optional[Path] = None) -> LoadedSource:
+def parse_document(data: Any, origin: str) -> LoadedSource:
     """Validate one profile document; raise CompositeConfigError listing every problem found."""
     if data is None:
         data = {}
