@@ -8,9 +8,9 @@ error that names the field instead of a setting silently ignored.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_REF_PREFIX = "os.environ/"
 # Leaf sub-calls one request may make unless its topology says otherwise: room for the large topologies
@@ -145,6 +145,10 @@ def expand_samples(value: Any) -> Any:
     if isinstance(value, dict) and "samples" in value:
         return SampledNodes.model_validate(value).expand()
     return value
+
+
+# A topology's list of member nodes, which may also be given in the sampled short form (expanded first).
+SampledNodeList = Annotated[list[NodeConfig], BeforeValidator(expand_samples)]
 
 
 def check_quorum(settings: FanOutSettings, members: int, field: str) -> None:

@@ -131,10 +131,11 @@ def inline_keys_of(keys: Set[str], settings_model: type[BaseModel]) -> frozenset
     return frozenset(keys) | frozenset(settings_model.model_fields)
 
 
-def copy_present(topology: dict[str, Any], inline: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """`topology` with those of `keys` that the request gave inline (absent ones keep the model's defaults)."""
-    topology.update({key: inline[key] for key in keys if key in inline})
-    return topology
+def inline_topology(inline: dict[str, Any], settings_model: type[BaseModel], keys: tuple[str, ...], **fixed: Any
+                    ) -> dict[str, Any]:
+    """A topology dict from inline parameters: the `fixed` entries (e.g. the model string's model in its role),
+    the settings (`split_settings`) and those of `keys` the request gave (absent ones keep the defaults)."""
+    return {**fixed, "settings": split_settings(inline, settings_model), **{k: inline[k] for k in keys if k in inline}}
 
 
 def split_settings(inline: dict[str, Any], settings_model: type[BaseModel]) -> dict[str, Any]:
