@@ -77,7 +77,7 @@ class TraceLogConfig(StrictModel):
     path: str = "composite_traces.jsonl"
 
 
-class SeedObservability(StrictModel):
+class ResearchObservability(StrictModel):
     """composite_llm_research's `observability: {enabled, log_file}` block, read as a trace log setting."""
 
     enabled: bool = False
@@ -90,7 +90,7 @@ class DocumentSettings(StrictModel):
     profiles_path: Optional[Union[str, list[str]]] = None
     allow_request_overrides: bool = False
     trace_log: Optional[TraceLogConfig] = None
-    observability: Optional[SeedObservability] = None
+    observability: Optional[ResearchObservability] = None
     # composite_llm_research mapped strategy names to classes; strategies are registered in code here, so the block
     # is accepted for compatibility and checked to name known strategies only.
     strategy_registry: Optional[dict[str, str]] = None
