@@ -154,7 +154,9 @@ def _run_in_thread(code: Any, namespace: dict[str, Any], limit: float) -> Option
 @pytest.mark.parametrize("snippet", _selected({"python", "py", "python3"}))
 def test_python_snippet_runs(snippet: Snippet, docs_env) -> None:
     _skip_if_marked(snippet)
-    code = compile(snippet.code, snippet.where, "exec")
+    # dont_inherit: a block runs as a script would, without this file's `from __future__ import annotations`
+    # (under it, a pydantic model defined in a block could not resolve its annotations)
+    code = compile(snippet.code, snippet.where, "exec", dont_inherit=True)
     error = _run_in_thread(code, {"__name__": "__docs__"}, PYTHON_TIME_LIMIT_S)
     if error is not None:
         where = "".join(traceback.format_exception(error)[-3:]) if not isinstance(error, TimeoutError) else ""

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from composite_llm import profiles as profiles_module
+from composite_llm.profiles import files as profile_files
 from composite_llm.errors import CompositeConfigError
 from composite_llm.profiles import REGISTRY, load_profiles
 from composite_llm.redact import REDACTED, Redactor, redact
@@ -319,8 +320,8 @@ def test_load_failures_are_cached_and_error_bodies_capped(tmp_path, monkeypatch)
     path = tmp_path / "huge.yaml"
     path.write_text(_broken_doc(1000))
     parses = []
-    original = profiles_module.parse_document
-    monkeypatch.setattr(profiles_module, "parse_document", lambda *a, **k: parses.append(1) or original(*a, **k))
+    original = profile_files.parse_document
+    monkeypatch.setattr(profile_files, "parse_document", lambda *a, **k: parses.append(1) or original(*a, **k))
     messages = []
     for _ in range(5):
         with pytest.raises(CompositeConfigError) as info:

@@ -14,6 +14,10 @@ from typing import Any, Callable, Optional
 
 from .errors import CompositeConfigError
 from .schema import DEFAULT_MAX_SUB_CALLS, NodeConfig
+from .strategies.base import Strategy, Topology
+
+# A composite node resolved to what it runs, or None when that is not knowable before the call.
+Resolver = Callable[[NodeConfig], Optional[tuple[Strategy[Any], Topology]]]
 
 # strategy name -> count of one topology, given a counter for a single node
 Counter = Callable[[Any, Callable[[NodeConfig], int]], int]
@@ -59,8 +63,7 @@ def max_sub_calls_of(topology: Any) -> int:
     return int(getattr(settings, "max_sub_calls", None) or DEFAULT_MAX_SUB_CALLS)
 
 
-def count_sub_calls(strategy: Any, topology: Any, resolve: Callable[[NodeConfig], Optional[tuple[Any, Any]]],
-                    *, depth: int = 0) -> int:
+def count_sub_calls(strategy: Strategy[Any], topology: Topology, resolve: Resolver, *, depth: int = 0) -> int:
     """Leaf sub-calls of one run of `topology` (see the module docstring). `resolve` turns a composite node
     into its (strategy, topology), or None when that is not knowable before the call."""
     counter = COUNTERS.get(strategy.name)
@@ -76,7 +79,7 @@ def count_sub_calls(strategy: Any, topology: Any, resolve: Callable[[NodeConfig]
     return counter(topology, node)
 
 
-def nested_resolver(snapshot: Callable[[], Any]) -> Callable[[NodeConfig], Optional[tuple[Any, Any]]]:
+def nested_resolver(snapshot: Callable[[], Any]) -> Resolver:
     """Resolve `composite/profile/<name>` through a profile snapshot (`snapshot()`), and inline composites
     (`composite/<strategy>/<model>` with topology keys in the node's params) by building their topology."""
     from .model_string import parse_model_string
@@ -84,7 +87,7 @@ def nested_resolver(snapshot: Callable[[], Any]) -> Callable[[NodeConfig], Optio
 
     taken: list[Any] = []
 
-    def resolve(node: NodeConfig) -> Optional[tuple[Any, Any]]:
+    def resolve(node: NodeConfig) -> Optional[tuple[Strategy[Any], Topology]]:
         try:
             target = parse_model_string(node.model)
             if target.profile is not None:
@@ -102,8 +105,7 @@ def nested_resolver(snapshot: Callable[[], Any]) -> Callable[[NodeConfig], Optio
     return resolve
 
 
-def check_budget(strategy: Any, topology: Any, where: str, resolve: Callable[[NodeConfig], Optional[tuple[Any, Any]]]
-                 ) -> None:
+def check_budget(strategy: Strategy[Any], topology: Topology, where: str, resolve: Resolver) -> None:
     """Refuse a topology whose sub-calls exceed its `settings.max_sub_calls` (CompositeConfigError -> 400)."""
     limit = max_sub_calls_of(topology)
     needed = count_sub_calls(strategy, topology, resolve)

@@ -106,12 +106,6 @@ class StreamPiece:
     finish_reason: Optional[str] = None
 
 
-class _MemberFailure(Exception):
-    def __init__(self, message: str, status: Optional[int]) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def resolve_env_refs(value: Any, where: str) -> Any:
     """Replace `os.environ/NAME` strings (at any depth) with the variable's value."""
     if isinstance(value, str) and value.startswith(ENV_REF_PREFIX):

@@ -24,10 +24,9 @@ from pydantic import ValidationError
 from .errors import CompositeConfigError
 from .messages import validate_messages
 from .model_string import ModelTarget, parse_model_string
-from .profiles import (DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError,
-                       _pydantic_problems)
-from .schema import ProviderBundle
-from .strategies import get_strategy
+from .profiles import DEFAULT_MAX_INPUT_BYTES, REGISTRY, DocumentSettings, LoadedProfile, UnknownProfileError
+from .schema import ProviderBundle, validation_problems
+from .strategies import Strategy, Topology, get_strategy
 from .trace import Trace
 
 logger = logging.getLogger("composite_llm")
@@ -72,8 +71,8 @@ class CompositeRequest:
 
     target: ModelTarget
     display_model: str
-    strategy: Any
-    topology: Any
+    strategy: Strategy[Any]
+    topology: Topology
     providers: dict[str, ProviderBundle]
     messages: list[dict[str, Any]]
     shared_params: dict[str, Any]
@@ -282,7 +281,8 @@ def _proxy_callable_names(profiles: list[str]) -> Optional[list[str]]:
     return sorted(names)
 
 
-def _topology(target: ModelTarget, strategy: Any, profile: Optional[LoadedProfile], inline: dict[str, Any]) -> Any:
+def _topology(target: ModelTarget, strategy: Strategy[Any], profile: Optional[LoadedProfile], inline: dict[str, Any]
+              ) -> Topology:
     """The validated topology: the profile's (with inline overrides) or one built from inline params."""
     if profile is not None:
         if not inline:
@@ -305,4 +305,4 @@ def _topology(target: ModelTarget, strategy: Any, profile: Optional[LoadedProfil
         return strategy.topology_model.model_validate(data)
     except ValidationError as exc:
         raise CompositeConfigError(f"invalid topology for {where}:\n  - "
-                                   + "\n  - ".join(_pydantic_problems(exc, "topology"))) from None
+                                   + "\n  - ".join(validation_problems(exc, "topology"))) from None

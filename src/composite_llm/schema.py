@@ -1,15 +1,16 @@
 """Pydantic building blocks shared by every topology: nodes, provider bundles, fan-out settings.
 
-Strategy modules define their own topology model from these pieces; `profiles.py` validates a profile's
+Strategy modules define their own topology model from these pieces; `profiles/` validates a profile's
 `topology` against the model of its strategy. Every model forbids unknown keys, so a typo in YAML is an
 error that names the field instead of a setting silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Iterable
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_REF_PREFIX = "os.environ/"
 # Leaf sub-calls one request may make unless its topology says otherwise: room for the large topologies
@@ -146,7 +147,32 @@ def expand_samples(value: Any) -> Any:
     return value
 
 
+# A topology's list of member nodes, which may also be given in the sampled short form (expanded first).
+SampledNodeList = Annotated[list[NodeConfig], BeforeValidator(expand_samples)]
+
+
 def check_quorum(settings: FanOutSettings, members: int, field: str) -> None:
     """Reject a quorum that can never be met (raised inside a validator, so the path is reported)."""
     if settings.quorum > members:
         raise ValueError(f"settings.quorum={settings.quorum} exceeds the {members} members of {field}")
+
+
+def _location(parts: Iterable[Any]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(root)"
+
+
+def validation_problems(exc: ValidationError, prefix: str) -> list[str]:
+    """One line per problem of a pydantic error, `prefix.field.path[0]: message`: profile documents and
+    inline topologies word their errors the same way (pydantic's own text names no file or profile)."""
+    problems = []
+    for error in exc.errors():
+        loc = _location([p for p in error["loc"] if p not in ("function-after", "function-before")])
+        path = f"{prefix}.{loc}" if loc != "(root)" else prefix
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (not allowed here)"
+        problems.append(f"{path}: {message}")
+    return problems

@@ -3,12 +3,18 @@
 `prepare` runs every stage but the last and returns the final step. The service then runs that step
 either as one call or as a token stream, so every strategy streams, counts usage and falls back the
 same way without writing that plumbing itself.
+
+`Strategy` is the one extension point: a third-party strategy is a class with these members, registered
+with `register_strategy(MyStrategy())`, which checks it against this protocol (`strategy_problems`) so a
+missing or mistyped member fails at registration, not at a request's first use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, ClassVar, Optional, Protocol, Union
+import inspect
+from collections.abc import Set
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, ClassVar, Protocol, TypeVar, Union
 
 from pydantic import BaseModel
 
@@ -45,8 +51,17 @@ class FinalRunner(Protocol):
 FinalStep = Union[FinalCall, FinalText, FinalRunner]
 
 
-class Strategy(Protocol):
-    """One composite strategy, registered by name in `strategies/__init__.py`."""
+# Every topology is a pydantic model (in practice a `schema.StrictModel`, so unknown keys are errors): profiles
+# and inline parameters are validated against the strategy's `topology_model` before `prepare` sees them.
+Topology = BaseModel
+# The topology type of one strategy; contravariant, because a strategy only ever receives its topology.
+TopologyT = TypeVar("TopologyT", bound=BaseModel, contravariant=True)
+
+
+class Strategy(Protocol[TopologyT]):
+    """One composite strategy, registered by name with `strategies.register_strategy`.
+
+    `prepare` and `member_models` receive an instance of `topology_model`, already validated."""
 
     name: ClassVar[str]
     topology_model: ClassVar[type[BaseModel]]
@@ -58,11 +73,69 @@ class Strategy(Protocol):
         and the request's inline parameters."""
         ...
 
-    async def prepare(self, ctx: RunContext, topology: Any, messages: list[Any]) -> FinalStep: ...
+    async def prepare(self, ctx: RunContext, topology: TopologyT, messages: list[Any]) -> FinalStep: ...
 
-    def member_models(self, topology: Any) -> list[str]:
+    def member_models(self, topology: TopologyT) -> list[str]:
         """Every model the topology may call (for listings and dependency checks)."""
         ...
+
+
+# How the library calls each method (positional arguments after self), to check a strategy's signatures.
+_METHOD_ARGS: dict[str, tuple[str, ...]] = {
+    "topology_from_inline": ("final_model", "inline"),
+    "prepare": ("ctx", "topology", "messages"),
+    "member_models": ("topology",),
+}
+
+
+def strategy_problems(strategy: object) -> list[str]:
+    """What keeps `strategy` from satisfying `Strategy`, one phrase per problem (empty when it does).
+
+    Checked at registration: a strategy missing `inline_keys` would otherwise fail at its first request,
+    and a `topology_model` that is not a pydantic model at its first profile load."""
+    if isinstance(strategy, type):
+        return [f"it is the class {strategy.__name__}, not an instance (register {strategy.__name__}())"]
+    problems = []
+    name = getattr(strategy, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        problems.append("name is missing" if name is None else f"name must be a non-empty string, got {name!r}")
+    model = getattr(strategy, "topology_model", None)
+    if model is None:
+        problems.append("topology_model is missing (the pydantic model a topology is validated against)")
+    elif not (isinstance(model, type) and issubclass(model, BaseModel)):
+        problems.append(f"topology_model must be a pydantic BaseModel subclass, got {model!r}")
+    keys = getattr(strategy, "inline_keys", None)
+    if keys is None:
+        problems.append("inline_keys is missing (the request parameters it reads, e.g. frozenset({'settings'}))")
+    elif not isinstance(keys, Set) or not all(isinstance(key, str) for key in keys):
+        problems.append(f"inline_keys must be a frozenset of parameter names, got {keys!r}")
+    for method, args in _METHOD_ARGS.items():
+        function = getattr(strategy, method, None)
+        if not callable(function):
+            problems.append(f"method {method}() is missing")
+            continue
+        try:
+            inspect.signature(function).bind(*args)
+        except TypeError:
+            problems.append(f"method {method}() must take ({', '.join(args)})")
+        except ValueError:  # no signature to read (a builtin): trust it
+            pass
+        if method == "prepare" and not inspect.iscoroutinefunction(function):
+            problems.append("method prepare() must be async (async def prepare(self, ctx, topology, messages))")
+    return problems
+
+
+def inline_keys_of(keys: Set[str], settings_model: type[BaseModel]) -> frozenset[str]:
+    """A strategy's `inline_keys`: its topology keys (with `settings`) plus every settings field, which may
+    also be given at the top level (`quorum=2` as well as `settings={"quorum": 2}`)."""
+    return frozenset(keys) | frozenset(settings_model.model_fields)
+
+
+def inline_topology(inline: dict[str, Any], settings_model: type[BaseModel], keys: tuple[str, ...], **fixed: Any
+                    ) -> dict[str, Any]:
+    """A topology dict from inline parameters: the `fixed` entries (e.g. the model string's model in its role),
+    the settings (`split_settings`) and those of `keys` the request gave (absent ones keep the defaults)."""
+    return {**fixed, "settings": split_settings(inline, settings_model), **{k: inline[k] for k in keys if k in inline}}
 
 
 def split_settings(inline: dict[str, Any], settings_model: type[BaseModel]) -> dict[str, Any]:

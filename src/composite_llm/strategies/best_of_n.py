@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..engine import MemberResult, PlannedCall, RunContext
-from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
+from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
 from .answers import parse_score, parse_winner
-from .base import FinalText, final_candidates, split_settings
+from .base import FinalText, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing
 from .judging import answer_nodes, ask_judge, judge_messages, shuffle_rng
 
@@ -78,14 +78,9 @@ class BestOfNSettings(FanOutSettings):
 
 
 class BestOfNTopology(StrictModel):
-    candidates: list[NodeConfig] = Field(min_length=1)
+    candidates: SampledNodeList = Field(min_length=1)
     judge: NodeConfig
     settings: BestOfNSettings = Field(default_factory=BestOfNSettings)
-
-    @field_validator("candidates", mode="before")
-    @classmethod
-    def _sampled(cls, value: Any) -> Any:
-        return expand_samples(value)
 
     @model_validator(mode="after")
     def _sizes(self) -> "BestOfNTopology":
@@ -96,16 +91,10 @@ class BestOfNTopology(StrictModel):
 class BestOfNStrategy:
     name: ClassVar[str] = "best_of_n"
     topology_model: ClassVar[type[BestOfNTopology]] = BestOfNTopology
-    inline_keys: ClassVar[frozenset[str]] = frozenset({"candidates", "judge", "settings"}) | frozenset(
-        BestOfNSettings.model_fields
-    )
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of({"candidates", "judge", "settings"}, BestOfNSettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
-        topology: dict[str, Any] = {"judge": inline.get("judge") or final_model,
-                                    "settings": split_settings(inline, BestOfNSettings)}
-        if "candidates" in inline:
-            topology["candidates"] = inline["candidates"]
-        return topology
+        return inline_topology(inline, BestOfNSettings, ("candidates",), judge=inline.get("judge") or final_model)
 
     def member_models(self, topology: BestOfNTopology) -> list[str]:
         return [n.model for n in [*topology.candidates, topology.judge, *topology.judge.fallbacks]]

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from ..engine import MemberResult, RunContext
 from ..schema import NodeConfig, SampledNodes, StrictModel, check_quorum
 from .answers import ExtractionSettings, Tally, make_extractor, parse_score, render_tally, tally
-from .base import FinalCall, FinalText, final_candidates, split_settings
+from .base import FinalCall, FinalText, final_candidates, inline_keys_of, split_settings
 from .framing import Framing
 from .judging import ANSWER_PARAMS, ask_judge, judge_messages
 
@@ -109,7 +109,7 @@ class CascadeTopology(StrictModel):
 class CascadeStrategy:
     name: ClassVar[str] = "cascade"
     topology_model: ClassVar[type[CascadeTopology]] = CascadeTopology
-    inline_keys: ClassVar[frozenset[str]] = frozenset({"tiers", "settings"}) | frozenset(CascadeSettings.model_fields)
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of({"tiers", "settings"}, CascadeSettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         """`tiers` are the tiers tried first; the model string's model is the last tier."""

@@ -9,7 +9,8 @@ them). The subprocess hygiene lives in `composite_llm.cli_agents`; this module o
 from __future__ import annotations
 
 import time
-from contextlib import aclosing
+from collections.abc import Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any, AsyncIterator, ClassVar, Optional
 
 from pydantic import Field, field_validator
@@ -35,6 +36,7 @@ from ..errors import CompositeConfigError
 from ..schema import NodeConfig, StrictModel
 from ..trace import SubCallRecord, preview
 from ..usage import UsageTotals
+from .base import inline_keys_of, inline_topology
 
 STAGE = "cli agent"
 ROLE = "agent"
@@ -118,23 +120,26 @@ class _CLIRunner:
             ctx.trace.notes.append(f"{self.spec.name} CLI warning: {warning}")
         ctx.add_record(record)
 
-    def _fail(self, ctx: RunContext, record: SubCallRecord, exc: BaseException, started: float) -> None:
-        record.status = "dropped" if not isinstance(exc, Exception) else "failed"
-        record.latency_s = time.monotonic() - started
-        record.error_type, record.error = type(exc).__name__, str(exc)[:300]
-        ctx.add_record(record)
+    @contextmanager
+    def _failure_recorded(self, ctx: RunContext, record: SubCallRecord, started: float) -> Iterator[None]:
+        """A run that fails (or is cancelled: "dropped") still leaves its sub-call in the trace; a CLI error
+        leaves as LiteLLM's exception type. One place for the run and the stream."""
+        try:
+            yield
+        except BaseException as exc:
+            record.status = "dropped" if not isinstance(exc, Exception) else "failed"
+            record.latency_s = time.monotonic() - started
+            record.error_type, record.error = type(exc).__name__, str(exc)[:300]
+            ctx.add_record(record)
+            if isinstance(exc, CLIAgentError):
+                raise _as_litellm_error(exc, ctx.trace.model) from None
+            raise
 
     async def complete(self, ctx: RunContext) -> MemberResult:
         record, started = self._record(ctx), time.monotonic()
-        try:
+        with self._failure_recorded(ctx, record, started):
             result = await run_cli_agent(self.spec, self.topology.model, self.messages, self.topology.settings,
                                          timeout=ctx.remaining())
-        except CLIAgentError as exc:
-            self._fail(ctx, record, exc, started)
-            raise _as_litellm_error(exc, ctx.trace.model) from None
-        except BaseException as exc:
-            self._fail(ctx, record, exc, started)
-            raise
         self._finish(ctx, record, result, started)
         call = PlannedCall(node=NodeConfig(model=record.model), role=ROLE, stage=STAGE, model=record.model, params={})
         return MemberResult(call=call, record=record, text=result.text, finish_reason=finish_reason_of(result))
@@ -144,7 +149,7 @@ class _CLIRunner:
         events = stream_cli_agent(self.spec, self.topology.model, self.messages, self.topology.settings,
                                   timeout=ctx.remaining())
         finish = "stop"
-        try:
+        with self._failure_recorded(ctx, record, started):
             async with aclosing(events):
                 async for event in events:
                     if isinstance(event, TextDelta):
@@ -153,28 +158,16 @@ class _CLIRunner:
                     else:
                         self._finish(ctx, record, event, started)
                         finish = finish_reason_of(event)
-        except CLIAgentError as exc:
-            self._fail(ctx, record, exc, started)
-            raise _as_litellm_error(exc, ctx.trace.model) from None
-        except BaseException as exc:
-            self._fail(ctx, record, exc, started)
-            raise
         yield StreamPiece(finish_reason=finish)
 
 
 class ComposerCLIStrategy:
     name: ClassVar[str] = "composer_cli"
     topology_model: ClassVar[type[ComposerCLITopology]] = ComposerCLITopology
-    inline_keys: ClassVar[frozenset[str]] = frozenset({"settings", "cli", "spec"}) | frozenset(CLISettings.model_fields)
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of({"settings", "cli", "spec"}, CLISettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
-        settings = dict(inline.get("settings") or {})
-        settings.update({k: v for k, v in inline.items() if k in CLISettings.model_fields})
-        topology: dict[str, Any] = {"model": final_model, "settings": settings}
-        for key in ("cli", "spec"):
-            if key in inline:
-                topology[key] = inline[key]
-        return topology
+        return inline_topology(inline, CLISettings, ("cli", "spec"), model=final_model)
 
     def member_models(self, topology: ComposerCLITopology) -> list[str]:
         return [f"cli/{topology.resolved_spec().name}/{topology.model}"]

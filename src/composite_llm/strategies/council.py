@@ -24,7 +24,7 @@ from ..engine import MemberResult, RunContext
 from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum
 from .answers import parse_ranking
-from .base import FinalCall, final_candidates, split_settings
+from .base import FinalCall, final_candidates, inline_keys_of, split_settings
 from .framing import Framing, framed_messages
 
 __all__ = ["CouncilStrategy", "CouncilTopology", "CouncilSettings", "ParsedRanking", "aggregate_rankings",
@@ -141,10 +141,9 @@ def _relabel(text: str, mapping: dict[str, str]) -> str:
 class CouncilStrategy:
     name: ClassVar[str] = "council"
     topology_model: ClassVar[type[CouncilTopology]] = CouncilTopology
-    inline_keys: ClassVar[frozenset[str]] = frozenset(
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of(
         {"council", "council_models", "members", "chairman", "chairman_model", "reviewers", "reviewer_models",
-         "settings"}
-    ) | frozenset(CouncilSettings.model_fields)
+         "settings"}, CouncilSettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         topology: dict[str, Any] = {

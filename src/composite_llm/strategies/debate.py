@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..engine import MemberResult, RunContext
-from ..schema import NodeConfig, StrictModel, check_quorum, expand_samples
+from ..schema import NodeConfig, SampledNodeList, StrictModel, check_quorum
 from .answers import ExtractionSettings, make_extractor, render_tally, tally
-from .base import FinalCall, FinalText, final_candidates, split_settings
+from .base import FinalCall, FinalText, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing, framed_messages
 from .judging import anonymous_blocks, answer_nodes, require_answers, shuffle_rng
 
@@ -69,15 +69,10 @@ class DebateSettings(ExtractionSettings):
 
 
 class DebateTopology(StrictModel):
-    members: list[NodeConfig] = Field(min_length=2)
+    members: SampledNodeList = Field(min_length=2)
     rounds: int = Field(default=2, ge=0, le=10)
     aggregator: Optional[NodeConfig] = None
     settings: DebateSettings = Field(default_factory=DebateSettings)
-
-    @field_validator("members", mode="before")
-    @classmethod
-    def _sampled(cls, value: Any) -> Any:
-        return expand_samples(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> "DebateTopology":
@@ -93,17 +88,12 @@ class DebateTopology(StrictModel):
 class DebateStrategy:
     name: ClassVar[str] = "debate"
     topology_model: ClassVar[type[DebateTopology]] = DebateTopology
-    inline_keys: ClassVar[frozenset[str]] = frozenset({"members", "rounds", "aggregator", "settings"}) | frozenset(
-        DebateSettings.model_fields
-    )
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of({"members", "rounds", "aggregator", "settings"},
+                                                           DebateSettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
-        topology: dict[str, Any] = {"aggregator": inline.get("aggregator") or final_model,
-                                    "settings": split_settings(inline, DebateSettings)}
-        for key in ("members", "rounds"):
-            if key in inline:
-                topology[key] = inline[key]
-        return topology
+        return inline_topology(inline, DebateSettings, ("members", "rounds"),
+                               aggregator=inline.get("aggregator") or final_model)
 
     def member_models(self, topology: DebateTopology) -> list[str]:
         final = [topology.aggregator, *topology.aggregator.fallbacks] if topology.aggregator else []

@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..engine import MemberResult, RunContext
 from ..errors import CompositeConfigError
-from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
-from .base import FinalCall, final_candidates, split_settings
+from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
+from .base import FinalCall, final_candidates, inline_keys_of, split_settings
 from .framing import Framing, framed_messages
 from .judging import anonymous_blocks, ask_judge, shuffle_rng
 
@@ -116,14 +116,9 @@ class FusionSettings(FanOutSettings):
 
 
 class FusionTopology(StrictModel):
-    panel: list[NodeConfig]
+    panel: SampledNodeList
     judge: FusionJudge
     settings: FusionSettings = Field(default_factory=FusionSettings)
-
-    @field_validator("panel", mode="before")
-    @classmethod
-    def _sampled_panel(cls, value: Any) -> Any:
-        return expand_samples(value)
 
     @model_validator(mode="after")
     def _panel_size(self) -> "FusionTopology":
@@ -174,8 +169,8 @@ class FusionStrategy:
     name: ClassVar[str] = "fusion"
     topology_model: ClassVar[type[FusionTopology]] = FusionTopology
     # `models` is LiteLLM fusion-1's name for the panel, `fusion` its whole object ({models, judge}).
-    inline_keys: ClassVar[frozenset[str]] = frozenset(
-        {"panel", "models", "judge", "criteria", "fusion", "settings"}) | frozenset(FusionSettings.model_fields)
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of(
+        {"panel", "models", "judge", "criteria", "fusion", "settings"}, FusionSettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         merged = dict(inline)

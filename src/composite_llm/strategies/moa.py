@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..engine import RunContext, StageResult
 from ..messages import response_labels
-from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
-from .base import FinalCall, final_candidates, split_settings
+from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
+from .base import FinalCall, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing, framed_messages
 
 AGGREGATE_PROMPT = """\
@@ -57,19 +57,9 @@ class MoASettings(FanOutSettings):
 
 class MoATopology(StrictModel):
     aggregator: NodeConfig
-    proposers: list[NodeConfig] = Field(default_factory=list)
-    layers: list[list[NodeConfig]] = Field(default_factory=list)
+    proposers: SampledNodeList = Field(default_factory=list)
+    layers: list[SampledNodeList] = Field(default_factory=list)
     settings: MoASettings = Field(default_factory=MoASettings)
-
-    @field_validator("proposers", mode="before")
-    @classmethod
-    def _sampled_proposers(cls, value: Any) -> Any:
-        return expand_samples(value)
-
-    @field_validator("layers", mode="before")
-    @classmethod
-    def _sampled_layers(cls, value: Any) -> Any:
-        return [expand_samples(layer) for layer in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _one_layer_form(self) -> "MoATopology":
@@ -109,18 +99,12 @@ def aggregate_messages(messages: list[Any], answers: StageResult | list[Any], cu
 class MoAStrategy:
     name: ClassVar[str] = "moa"
     topology_model: ClassVar[type[MoATopology]] = MoATopology
-    inline_keys: ClassVar[frozenset[str]] = frozenset({"proposers", "layers", "aggregator", "settings"}) | frozenset(
-        MoASettings.model_fields
-    )
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of({"proposers", "layers", "aggregator", "settings"},
+                                                           MoASettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
-        topology: dict[str, Any] = {"aggregator": inline.get("aggregator") or final_model}
-        if "proposers" in inline:
-            topology["proposers"] = inline["proposers"]
-        if "layers" in inline:
-            topology["layers"] = inline["layers"]
-        topology["settings"] = split_settings(inline, MoASettings)
-        return topology
+        return inline_topology(inline, MoASettings, ("proposers", "layers"),
+                               aggregator=inline.get("aggregator") or final_model)
 
     def member_models(self, topology: MoATopology) -> list[str]:
         nodes = [n for layer in topology.all_layers for n in layer] + [topology.aggregator, *topology.aggregator.fallbacks]

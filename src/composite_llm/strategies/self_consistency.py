@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from ..engine import MemberResult, PlannedCall, RunContext
 from ..schema import NodeConfig, SampledNodes, StrictModel, check_quorum
 from .answers import ExtractionSettings, Tally, make_extractor, parse_picked_label, render_tally, tally
-from .base import FinalText, final_candidates, split_settings
+from .base import FinalText, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing
 from .judging import anonymous_blocks, answer_nodes, ask_judge, judge_messages, require_answers, shuffle_rng
 
@@ -99,16 +99,11 @@ class SelfConsistencyStrategy:
     name: ClassVar[str] = "self_consistency"
     topology_model: ClassVar[type[SelfConsistencyTopology]] = SelfConsistencyTopology
     # `temperature` is deliberately not an inline key: the request's temperature reaches every sample.
-    inline_keys: ClassVar[frozenset[str]] = frozenset({"samples", "temperatures", "judge", "settings"}) | frozenset(
-        SelfConsistencySettings.model_fields
-    )
+    inline_keys: ClassVar[frozenset[str]] = inline_keys_of({"samples", "temperatures", "judge", "settings"},
+                                                           SelfConsistencySettings)
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
-        topology: dict[str, Any] = {"model": final_model, "settings": split_settings(inline, SelfConsistencySettings)}
-        for key in ("samples", "temperatures", "judge"):
-            if key in inline:
-                topology[key] = inline[key]
-        return topology
+        return inline_topology(inline, SelfConsistencySettings, ("samples", "temperatures", "judge"), model=final_model)
 
     def member_models(self, topology: SelfConsistencyTopology) -> list[str]:
         judge = [topology.judge, *topology.judge.fallbacks] if topology.judge else []
