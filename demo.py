@@ -67,7 +67,7 @@ def run_one(label: str, model: str, task: str, *, max_tokens: Optional[int], qui
     """Stream one model's answer to the terminal and return its Outcome for the summary."""
     import litellm
 
-    from composite_llm.summary import Outcome
+    from scripts.demo_summary import Outcome
 
     dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
     print(f"\n── {label} [{model}] ──", flush=True)
@@ -114,7 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import litellm
 
     import composite_llm
-    from composite_llm.summary import summary
+    from scripts.demo_summary import summary
 
     litellm.suppress_debug_info = True
     composite_llm.register()

@@ -68,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import composite_llm
     from composite_llm.local.inventory import inventory
     from composite_llm.profiles import REGISTRY
-    from composite_llm.summary import summary
+    from scripts.demo_summary import summary
 
     litellm.suppress_debug_info = True
     cerebras_key()  # maps LITELLM_API_KEY to Cerebras, as demo.py does

@@ -41,7 +41,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from composite_llm.testing import FakeOpenAIServer, ModelBehavior, RecordedRequest  # noqa: E402
+from composite_llm.testing import FakeOpenAIServer, ModelBehavior, RecordedRequest, stop_process_group  # noqa: E402
 
 API_KEY = "sk-bench-fake-upstream-key"
 PROVIDER = "fake"
@@ -439,16 +439,7 @@ class ProxyProcess:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the group of the process we started, nothing else
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process, grace_s=15)  # the group of the process we started, nothing else
 
     def __enter__(self) -> "ProxyProcess":
         return self.start()

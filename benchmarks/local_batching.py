@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
-from local_tokens import availability  # noqa: E402
+if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common as C  # noqa: E402
+from benchmarks.local_tokens import availability  # noqa: E402
 
 PROMPT = "Explain in detail how a hash map works, with its main operations and their costs."
 QUESTION = "A shop sells pens at 3 dollars each. Tom buys 7 pens and pays with a 50 dollar note. How much change does he get?"

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common as C  # noqa: E402
 
 BENCHMARKS = ("latency", "concurrency", "quorum", "overhead", "local_tokens")
 RESULTS = C.BENCH_DIR / "RESULTS.md"

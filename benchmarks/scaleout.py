@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common as C  # noqa: E402
+
+from composite_llm.testing import stop_process_group  # noqa: E402
 
 LATENCY_S = 0.2
 MODELS = ("fast-a", "fast-b", "smart", "judge", "plain")
@@ -60,20 +62,7 @@ class Redis:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        _stop_group(self.process)
-
-
-def _stop_group(process: Optional[subprocess.Popen]) -> None:
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)  # the group of the process we started, nothing else
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        stop_process_group(self.process, grace_s=15)
 
 
 class Instance:
@@ -110,7 +99,7 @@ class Instance:
         raise RuntimeError(f"proxy not ready within {timeout:.0f} s")
 
     def stop(self) -> None:
-        _stop_group(self.process)
+        stop_process_group(self.process, grace_s=15)
 
 
 def _group_pids(pgid: int) -> list[int]:

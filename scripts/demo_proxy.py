@@ -16,9 +16,12 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional
 
-from composite_llm.summary import Outcome, summary
+if not __package__:  # run as a file: the repository root makes `scripts.demo_summary` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.demo_summary import Outcome, summary  # noqa: E402
 
 DEFAULT_TASK = "How many r's in strawberry?"
 

@@ -523,17 +523,6 @@ _PARAM_NAMES = st.sampled_from(["proposers", "layers", "aggregator", "settings",
                                 "samples"])
 
 
-SETTINGS_NOT_A_MAPPING_BUG = pytest.mark.xfail(
-    strict=True, reason="core bug: strategies.base.split_settings calls dict(settings) (and request._topology "
-    "spreads **settings for profile overrides), so a non-mapping `settings` raises ValueError/TypeError, which "
-    "LiteLLM wraps as APIConnectionError")
-INTERNAL_PARAMS_BUG = pytest.mark.xfail(
-    strict=True, reason="core bug: build_request does int(composite_depth) / tuple(composite_stack) unchecked, so a "
-    "wrong type from the caller (or a proxy client's body) raises TypeError/ValueError, wrapped as APIConnectionError")
-
-
-
-
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(name=_PARAM_NAMES, value=_JSON)

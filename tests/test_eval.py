@@ -412,7 +412,7 @@ def test_eval_command_argument_errors(capsys, tmp_path):
 
 def test_new_commands_help_without_litellm():
     """`composite-llm <cmd> --help` must not import litellm (it takes seconds)."""
-    for command in ("eval", "dashboard", "models"):
+    for command in ("eval", "dashboard", "models", "doctor"):
         done = subprocess.run([sys.executable, "-X", "importtime", "-m", "composite_llm.cli", command, "--help"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr

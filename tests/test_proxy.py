@@ -13,7 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import yaml
 
 from composite_llm.errors import CompositeConfigError
 from composite_llm.profiles import load_proxy_block
-from composite_llm.testing import FakeOpenAIServer, count_tokens
+from composite_llm.testing import FakeOpenAIServer, count_tokens, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "litellm_proxy.example.yaml"
@@ -126,16 +125,7 @@ class ProxyProcess:
         pytest.fail(f"{self.name} proxy not ready within {timeout:.0f} s; log tail:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process)
 
     # ------------------------------------------------------------------ HTTP helpers
     @property

@@ -14,7 +14,6 @@ own on a free loopback port with a temporary directory and kills it at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from composite_llm.testing import FakeOpenAIServer, count_tokens
+from composite_llm.testing import FakeOpenAIServer, count_tokens, stop_process_group
 from test_proxy import REQUEST_TIMEOUT_S, ProxyProcess, _free_port, _proxy_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,20 +89,7 @@ class RedisServer:
         pytest.fail(f"redis-server not ready within {timeout:.0f} s")
 
     def stop(self) -> None:
-        _kill_group(self.process)
-
-
-def _kill_group(process: Optional[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        stop_process_group(self.process)
 
 
 class FleetProxy(ProxyProcess):
@@ -125,7 +111,7 @@ class FleetProxy(ProxyProcess):
         return self
 
     def kill(self) -> None:
-        _kill_group(self.process, signal.SIGKILL)
+        stop_process_group(self.process, sig=signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- fixtures

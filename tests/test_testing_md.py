@@ -126,3 +126,17 @@ def test_observed_column_agrees_with_xfail_markers(collected, request):
         if nodeid.split("::")[0] in RELIABILITY_FILES and _strict_xfail(item) and nodeid not in bug_items:
             problems.append(f"{nodeid} is a strict xfail but no BUG row names it")
     assert not problems, "\n".join(problems)
+
+
+def test_no_xfail_marker_is_defined_and_left_unused():
+    """A named `pytest.mark.xfail(...)` nobody applies is a bug note whose bug was fixed: it misleads (the
+    BUG list says none is open) and the check above cannot see it. Every such name must be used."""
+    unused = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        markers = {target.id for node in tree.body if isinstance(node, ast.Assign)
+                   and isinstance(node.value, ast.Call) and "xfail" in ast.unparse(node.value.func)
+                   for target in node.targets if isinstance(target, ast.Name)}
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+        unused += [f"{path.relative_to(REPO)}: {name}" for name in sorted(markers - used)]
+    assert not unused, f"xfail markers defined but never applied: {unused}"

@@ -2,24 +2,27 @@
 
     composite-llm proxy [--config FILE] [--host 127.0.0.1] [--port 4000] [-- <more litellm args>]
 
-Subcommands live in COMMANDS (name -> Subcommand). To add one, write `_add_<name>_arguments(parser)` and
-`_run_<name>(args) -> int` and call `register_command(Subcommand(...))` at the bottom of this file. Keep
-heavy imports (litellm, llama.cpp, plotting) inside the run function, so `composite-llm --help` stays fast.
+Subcommands live in COMMANDS (name -> Subcommand). `proxy` is defined here; the others live in their
+packages (`eval/command.py`, `local/command.py`, ...) and plug in through `register_command_module`, listed
+in COMMAND_MODULES. Keep heavy imports (litellm, llama.cpp, plotting) inside the run function, so
+`composite-llm --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-from importlib import metadata
+from importlib import import_module, metadata
 import os
 import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional, Sequence
 
-__all__ = ["COMMANDS", "Subcommand", "build_parser", "main", "register_command"]
+__all__ = ["COMMANDS", "COMMAND_MODULES", "Subcommand", "build_parser", "main", "register_command",
+           "register_command_module"]
 
 
 @dataclass(frozen=True)
@@ -231,17 +234,29 @@ register_command(Subcommand(
 ))
 
 
-# Commands that live in their own modules: each defines NAME, HELP, DESCRIPTION, add_arguments and run,
-# and imports only argparse at this point.
-from . import doctor_command as _doctor_command  # noqa: E402
-from . import models_command as _models_command  # noqa: E402
-from .dashboard import command as _dashboard_command  # noqa: E402
-from .eval import command as _eval_command  # noqa: E402
-from .eval import tune_command as _tune_command  # noqa: E402
+def register_command_module(module: ModuleType | str) -> Subcommand:
+    """Register a command that lives in its own module: the one hook satellites (and plugins) plug into.
 
-for _module in (_eval_command, _tune_command, _dashboard_command, _models_command, _doctor_command):
-    register_command(Subcommand(name=_module.NAME, help=_module.HELP, description=_module.DESCRIPTION,
-                                add_arguments=_module.add_arguments, run=_module.run))
+    The module defines NAME, HELP, DESCRIPTION, `add_arguments(parser)` and `run(args) -> int`, and imports
+    only light modules at its top (argparse): every module here is imported to build `composite-llm --help`.
+    A string is imported first.
+    """
+    if isinstance(module, str):
+        module = import_module(module)
+    return register_command(Subcommand(name=module.NAME, help=module.HELP, description=module.DESCRIPTION,
+                                       add_arguments=module.add_arguments, run=module.run))
+
+
+#: The satellites' commands, each in its own package (the package's `__init__` must stay light too).
+COMMAND_MODULES = (
+    "composite_llm.eval.command",
+    "composite_llm.eval.tune_command",
+    "composite_llm.dashboard.command",
+    "composite_llm.local.command",
+    "composite_llm.cli_agents.command",
+)
+for _module in COMMAND_MODULES:
+    register_command_module(_module)
 
 
 if __name__ == "__main__":  # pragma: no cover

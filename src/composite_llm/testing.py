@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -24,7 +27,8 @@ from typing import Any, Callable, Optional, Union
 
 from aiohttp import web
 
-__all__ = ["FakeOpenAIServer", "ModelBehavior", "RecordedRequest", "count_tokens", "message_text"]
+__all__ = ["FakeOpenAIServer", "ModelBehavior", "RecordedRequest", "count_tokens", "message_text",
+           "stop_process_group"]
 
 ReplyFn = Callable[["RecordedRequest"], str]
 
@@ -429,6 +433,27 @@ class FakeOpenAIServer:
             await response.write(frame({}, with_usage=True))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+
+
+def stop_process_group(process: subprocess.Popen | None, *, sig: int = signal.SIGTERM, grace_s: float = 10.0) -> None:
+    """Stop a server a test started in its own session (`start_new_session=True`: a proxy, its workers, a
+    redis-server) and everything in that process group: `sig`, then SIGKILL after `grace_s`.
+
+    Only the group of the process we started, never processes found by name; one already gone is fine.
+    """
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
 
 
 def main() -> None:  # pragma: no cover - manual use: python -m composite_llm.testing

@@ -5,7 +5,7 @@
 
 Modules (importing this package is cheap; litellm is imported only when requests are made):
 
-- `tasks`: task sets (JSONL: id, prompt, expected, scorer); the bundled ones live in `eval/tasks/`.
+- `tasks`: task sets (JSONL: id, prompt, expected, scorer); the bundled ones live in `eval/task_sets/`.
 - `scorers`: exact, contains, regex, numeric (with tolerance) and llm_judge (JUDGE_PROMPT).
 - `baselines`: each member of a composite alone; Self-MoA of the best member and the best member with the
   strategies' reasoning instruction (cot, cot-sc).

@@ -29,6 +29,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 SCORER_NAMES = ("exact", "contains", "regex", "numeric", "llm_judge")
 SCORER_ALIASES = {"llm-judge": "llm_judge", "judge": "llm_judge", "number": "numeric", "includes": "contains"}
+#: The bundled task sets' folder, beside this module (package data).
+BUNDLED_FOLDER = "task_sets"
 _FIELDS = {"id", "prompt", "messages", "expected", "scorer", "aliases", "pattern", "tolerance", "case_sensitive",
            "system", "meta"}
 
@@ -73,12 +75,12 @@ class Task:
 
 def bundled_task_sets() -> list[str]:
     """Names of the task sets shipped with the package."""
-    folder = resources.files("composite_llm.eval") / "tasks"
+    folder = resources.files("composite_llm.eval") / BUNDLED_FOLDER
     return sorted(p.name[: -len(".jsonl")] for p in folder.iterdir() if p.name.endswith(".jsonl"))
 
 
 def _bundled_text(name: str) -> Optional[str]:
-    entry = resources.files("composite_llm.eval") / "tasks" / f"{name}.jsonl"
+    entry = resources.files("composite_llm.eval") / BUNDLED_FOLDER / f"{name}.jsonl"
     return entry.read_text(encoding="utf-8") if entry.is_file() else None
 
 

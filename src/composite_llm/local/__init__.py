@@ -4,16 +4,15 @@
     register_local_provider()
     litellm.completion(model="local/smollm2-135m", messages=[...])
 
-Importing this package does not import `llama_cpp`: the runtime is loaded on the first request, so
-the rest of composite-llm works (and `composite-llm models` can say what is missing) without it.
+Importing this package imports neither `llama_cpp` nor `litellm`: the runtime is loaded on the first
+request, and the LiteLLM provider (`LocalProvider`, `LOCAL_PROVIDER`, `PROVIDER`) on first use, so the
+rest of composite-llm works without llama.cpp and `composite-llm models` (`command.py`) starts fast.
 """
 
 from __future__ import annotations
 
 import threading
-
-import litellm
-import litellm.utils
+from typing import TYPE_CHECKING, Any
 
 from composite_llm.local.catalog import CATALOG, MODELS, LocalModel, get_model, known_models
 from composite_llm.local.errors import (
@@ -24,12 +23,29 @@ from composite_llm.local.errors import (
     LocalRuntimeMissing,
     UnknownLocalModel,
 )
-from composite_llm.local.provider import PROVIDER, LocalProvider
 
-#: The module-level handler registered under `local`; one per process, shared by every caller.
-LOCAL_PROVIDER = LocalProvider()
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from composite_llm.local.provider import PROVIDER, LocalProvider
+
+    #: The module-level handler registered under `local`; one per process, shared by every caller.
+    LOCAL_PROVIDER: LocalProvider
 
 _register_lock = threading.Lock()
+_instance_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """The provider names, imported on first use (provider.py imports litellm, which takes seconds)."""
+    if name not in ("PROVIDER", "LocalProvider", "LOCAL_PROVIDER"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from composite_llm.local import provider
+
+    if name != "LOCAL_PROVIDER":
+        return getattr(provider, name)
+    with _instance_lock:  # one per process: the proxy config and register_local_provider share it
+        if "LOCAL_PROVIDER" not in globals():
+            globals()["LOCAL_PROVIDER"] = provider.LocalProvider()
+    return globals()["LOCAL_PROVIDER"]
 
 
 def register_local_provider() -> LocalProvider:
@@ -38,6 +54,12 @@ def register_local_provider() -> LocalProvider:
     Keeps every other entry of `litellm.custom_provider_map`, replaces a stale `local` entry that
     points at another handler (e.g. after a module reload), and never adds a duplicate.
     """
+    import litellm
+    import litellm.utils
+
+    from composite_llm.local.provider import PROVIDER
+
+    LOCAL_PROVIDER = __getattr__("LOCAL_PROVIDER")
     with _register_lock:
         entries = [e for e in litellm.custom_provider_map if e.get("provider") != PROVIDER]
         ours = [e for e in litellm.custom_provider_map if e.get("provider") == PROVIDER]

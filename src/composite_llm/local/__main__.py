@@ -1,18 +1,16 @@
-"""`python -m composite_llm.local [--json]`: the local-model inventory of this machine."""
+"""`python -m composite_llm.local [--json]`: the local-model inventory of this machine (`composite-llm models`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from composite_llm.local.inventory import print_inventory
+from composite_llm.local import command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m composite_llm.local", description=__doc__)
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args(argv)
-    print_inventory(as_json=args.json)
-    return 0
+    parser = argparse.ArgumentParser(prog="python -m composite_llm.local", description=command.DESCRIPTION)
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

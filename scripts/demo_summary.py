@@ -1,6 +1,7 @@
 """The composite_llm_research-style SUMMARY printed by the demos: one line per model with its answer, latency, tokens, cost.
 
-Shared by `demo.py`, `demo_profiles.py` and `scripts/demo_proxy.py`; imports nothing heavy.
+Shared by `demo.py`, `demo_profiles.py` and `scripts/demo_proxy.py`; imports nothing heavy. It lives beside
+the demos, not in the library: printing a demo's table is no job of `composite_llm`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """`composite-llm models`: the offline local models, which are installed here and how to get the rest.
 
-Registered in composite_llm/cli.py. The inventory (`composite_llm.local.inventory`) is imported in `run`:
-the `composite_llm.local` package imports litellm, which `composite-llm --help` must not pay for.
+Registered in composite_llm/cli.py (`COMMAND_MODULES`); `python -m composite_llm.local` runs the same
+command. Only argparse is imported here: the inventory is imported in `run`, so `composite-llm --help`
+stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 NAME = "models"
 HELP = "list the offline local models: installed, installable, and the command to install them"
@@ -20,12 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # the package imports litellm: no download
-    try:
-        from .local.inventory import print_inventory
-    except ImportError as exc:  # pragma: no cover - the local package is part of the distribution
-        print(f"composite-llm models: local models unavailable: {exc}", file=sys.stderr)
-        return 1
+    from .inventory import print_inventory
+
     print_inventory(as_json=args.json)
     return 0
 

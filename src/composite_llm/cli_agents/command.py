@@ -1,7 +1,7 @@
 """`composite-llm doctor`: which coding-agent CLIs are installed, their versions against the versions
 tested, and what is missing (key, base URL, trust) before the first `composite/cli/...` request.
 
-Registered in composite_llm/cli.py. The checks live in `composite_llm.cli_agents.doctor`.
+Registered in composite_llm/cli.py (`COMMAND_MODULES`). The checks live in `doctor.py` beside it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_agents.builtin_specs import BUILTIN_SPECS, SPEC_ALIASES
-    from .cli_agents.doctor import diagnose_all, render
+    from .builtin_specs import BUILTIN_SPECS, SPEC_ALIASES
+    from .doctor import diagnose_all, render
 
     names = [SPEC_ALIASES.get(n, n) for n in args.clis]
     unknown = [n for n in names if n not in BUILTIN_SPECS]
