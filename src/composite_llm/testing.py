@@ -24,22 +24,11 @@ from typing import Any, Callable, Optional, Union
 
 from aiohttp import web
 
+from composite_llm.messages import content_text as message_text  # public name of the fake server's text rule
+
 __all__ = ["FakeOpenAIServer", "ModelBehavior", "RecordedRequest", "count_tokens", "message_text"]
 
 ReplyFn = Callable[["RecordedRequest"], str]
-
-
-def message_text(content: Any) -> str:
-    """The text of an OpenAI message content (a string or a list of content parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return str(content)
 
 
 def count_tokens(text: str) -> int:
