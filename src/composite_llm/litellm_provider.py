@@ -22,6 +22,7 @@ from .errors import CompositeConfigError
 from .profiles import REGISTRY, ProfileSource
 from .request import CompositeRequest, build_request
 from .response import StreamChunker, fill_model_response
+from .timeouts import timeout_seconds
 from .trace import Trace
 
 PROVIDER_NAME = "composite"
@@ -33,7 +34,7 @@ def _build(model: str, messages: Any, api_base: Any, api_key: Any, optional_para
     try:
         return build_request(model=model, messages=messages, api_base=api_base, api_key=api_key,
                              optional_params=optional_params, litellm_params=litellm_params,
-                             timeout=timeout if isinstance(timeout, (int, float)) else None)
+                             timeout=timeout_seconds(timeout))
     except CompositeConfigError as exc:
         raise errors.bad_request(str(exc), model) from None
 

@@ -43,6 +43,7 @@ from .errors import CLIAgentError, CLIExitError, CLINotFoundError, CLIOutputErro
 from .output import OutputParser, empty_usage, strip_ansi
 from ..redact import Redactor, is_secret_name, secret_env_values
 from .serialize import serialize_messages
+from ..timeouts import timeout_seconds
 from .spec import CLISpec, fill_placeholders
 
 __all__ = [
@@ -189,16 +190,6 @@ CLIEvent = Union[TextDelta, CLIResult]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _as_seconds(timeout: Any) -> float | None:
-    if timeout is None or isinstance(timeout, bool):
-        return None
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 and math.isfinite(value) else None
-
-
 def _check_model(model: str | None) -> str | None:
     if model is None:
         return None
@@ -360,7 +351,7 @@ class _Run:
         self.prompt = messages if isinstance(messages, str) else serialize_messages(messages)
         self.streaming = streaming
         total = settings.timeout_seconds
-        requested = _as_seconds(timeout)
+        requested = timeout_seconds(timeout)
         if requested is not None:
             total = min(total, requested)
         self.total_timeout = total

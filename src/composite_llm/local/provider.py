@@ -36,21 +36,9 @@ from composite_llm.local.runtime import (
     default_runtime,
     raise_for_runtime,
 )
+from composite_llm.timeouts import timeout_seconds
 
 PROVIDER = "local"
-
-
-def _timeout_seconds(timeout: float | httpx.Timeout | None) -> float | None:
-    """LiteLLM hands over a float (or an httpx.Timeout); local generation honours its read part."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, httpx.Timeout):
-        return timeout.read
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 else None
 
 
 def _raise_litellm(exc: Exception, name: str) -> NoReturn:
@@ -164,7 +152,7 @@ class LocalProvider(CustomLLM):
     ) -> ModelResponse:
         name = self._check(model, optional_params)
         try:
-            generation = self.runtime.complete(name, messages, optional_params, _timeout_seconds(timeout))
+            generation = self.runtime.complete(name, messages, optional_params, timeout_seconds(timeout))
         except LocalModelError as exc:
             _raise_litellm(exc, name)
         return self._fill(model_response, name, generation)
@@ -190,7 +178,7 @@ class LocalProvider(CustomLLM):
     ) -> ModelResponse:
         name = self._check(model, optional_params)
         try:
-            generation = await self.runtime.acomplete(name, messages, optional_params, _timeout_seconds(timeout))
+            generation = await self.runtime.acomplete(name, messages, optional_params, timeout_seconds(timeout))
         except LocalModelError as exc:
             _raise_litellm(exc, name)
         return self._fill(model_response, name, generation)
@@ -226,7 +214,7 @@ class LocalProvider(CustomLLM):
         logging_obj: Any,
         timeout: float | httpx.Timeout | None,
     ) -> Iterator[GenericStreamingChunk]:
-        events = self.runtime.stream(name, messages, optional_params, _timeout_seconds(timeout))
+        events = self.runtime.stream(name, messages, optional_params, timeout_seconds(timeout))
         try:
             for event in events:
                 if event.finish_reason is not None:
@@ -270,7 +258,7 @@ class LocalProvider(CustomLLM):
         logging_obj: Any,
         timeout: float | httpx.Timeout | None,
     ) -> AsyncIterator[GenericStreamingChunk]:
-        events = self.runtime.astream(name, messages, optional_params, _timeout_seconds(timeout))
+        events = self.runtime.astream(name, messages, optional_params, timeout_seconds(timeout))
         try:
             async for event in events:
                 if event.finish_reason is not None:
