@@ -17,7 +17,6 @@ import httpx
 import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse
-from litellm.types.utils import Usage as LiteLLMUsage
 
 from composite_llm.local.catalog import get_model
 from composite_llm.local.errors import (
@@ -62,7 +61,7 @@ def _chunk(event: StreamEvent) -> GenericStreamingChunk:
         text=event.text,
         is_finished=finished,
         finish_reason=event.finish_reason or "",
-        usage=event.usage.as_dict() if event.usage is not None else None,  # type: ignore[typeddict-item]
+        usage=event.usage.openai_counts() if event.usage is not None else None,  # type: ignore[typeddict-item]
         index=0,
         tool_use=None,
         provider_specific_fields=None,
@@ -109,12 +108,7 @@ class LocalProvider(CustomLLM):
         ]
         model_response.model = f"{PROVIDER}/{name}"
         model_response.created = int(time.time())
-        usage = generation.usage
-        model_response.usage = LiteLLMUsage(  # type: ignore[attr-defined]
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-        )
+        model_response.usage = generation.usage.to_litellm()  # type: ignore[attr-defined]
         model_response._hidden_params["response_cost"] = 0.0
         return model_response
 
