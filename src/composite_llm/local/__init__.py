@@ -10,11 +10,6 @@ the rest of composite-llm works (and `composite-llm models` can say what is miss
 
 from __future__ import annotations
 
-import threading
-
-import litellm
-import litellm.utils
-
 from composite_llm.local.catalog import CATALOG, MODELS, LocalModel, get_model, known_models
 from composite_llm.local.errors import (
     LocalContextOverflow,
@@ -25,11 +20,10 @@ from composite_llm.local.errors import (
     UnknownLocalModel,
 )
 from composite_llm.local.provider import PROVIDER, LocalProvider
+from composite_llm.registration import register_provider
 
 #: The module-level handler registered under `local`; one per process, shared by every caller.
 LOCAL_PROVIDER = LocalProvider()
-
-_register_lock = threading.Lock()
 
 
 def register_local_provider() -> LocalProvider:
@@ -38,13 +32,7 @@ def register_local_provider() -> LocalProvider:
     Keeps every other entry of `litellm.custom_provider_map`, replaces a stale `local` entry that
     points at another handler (e.g. after a module reload), and never adds a duplicate.
     """
-    with _register_lock:
-        entries = [e for e in litellm.custom_provider_map if e.get("provider") != PROVIDER]
-        ours = [e for e in litellm.custom_provider_map if e.get("provider") == PROVIDER]
-        if len(ours) != 1 or ours[0].get("custom_handler") is not LOCAL_PROVIDER:
-            entries.append({"provider": PROVIDER, "custom_handler": LOCAL_PROVIDER})
-            litellm.custom_provider_map[:] = entries
-        litellm.utils.custom_llm_setup()
+    register_provider(PROVIDER, LOCAL_PROVIDER)
     return LOCAL_PROVIDER
 
 
