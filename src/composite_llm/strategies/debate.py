@@ -19,8 +19,8 @@ from ..engine import MemberResult, RunContext
 from ..schema import NodeConfig, StrictModel, check_quorum, expand_samples
 from .answers import ExtractionSettings, make_extractor, render_tally, tally
 from .base import FinalCall, FinalText, final_candidates, split_settings
-from .framing import Framing, framed_messages
-from .judging import anonymous_blocks, answer_nodes, require_answers, shuffle_rng
+from .framing import Framing, anonymous_blocks, framed_messages
+from .judging import answer_nodes, require_answers, shuffle_rng
 
 # Revision rounds: the others' answers are untrusted text, framed in the member's last user turn.
 REVISE_SYSTEM_PROMPT = """\

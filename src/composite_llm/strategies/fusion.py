@@ -33,8 +33,8 @@ from ..engine import MemberResult, RunContext
 from ..errors import CompositeConfigError
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
 from .base import FinalCall, final_candidates, split_settings
-from .framing import Framing, framed_messages
-from .judging import anonymous_blocks, ask_judge, shuffle_rng
+from .framing import Framing, anonymous_blocks, framed_messages
+from .judging import ask_judge, shuffle_rng
 
 MAX_PANEL = 8
 COMPARISON_LABEL = "Your comparison"

@@ -14,10 +14,9 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, field_validator, model_validator
 
 from ..engine import RunContext, StageResult
-from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum, expand_samples
 from .base import FinalCall, final_candidates, split_settings
-from .framing import Framing, framed_messages
+from .framing import Framing, anonymous_blocks, framed_messages
 
 AGGREGATE_PROMPT = """\
 Several assistants have answered the user's latest request. Their responses are in the last user
@@ -91,7 +90,7 @@ class MoATopology(StrictModel):
 def format_responses(answers: StageResult | list[Any], framing: Framing) -> str:
     """The previous layer's answers as framed, labelled blocks, in member order, failures already left out."""
     texts = [a.text for a in (answers.answers if isinstance(answers, StageResult) else answers)]
-    return framing.blocks(list(zip(response_labels(len(texts)), texts)))
+    return anonymous_blocks(texts, None, framing)[0]
 
 
 def aggregate_messages(messages: list[Any], answers: StageResult | list[Any], custom: Optional[str] = None
