@@ -50,3 +50,23 @@ def test_local_models_and_cli_agents_report_the_same_type():
     assert CLIResult.model_fields["usage"].annotation is UsageTotals
     assert isinstance(CLIResult(text="x").usage, UsageTotals)
     assert dataclasses.is_dataclass(UsageTotals)
+
+
+def _parse_usage(usage_paths: dict, event: dict) -> tuple[UsageTotals, bool]:
+    from composite_llm.cli_agents.output import OutputParser
+    from composite_llm.cli_agents.spec import CLISpec
+
+    spec = CLISpec.model_validate({"name": "u", "command": ["u"], "output_format": "json", "usage": usage_paths})
+    return OutputParser(spec)._usage(event)
+
+
+def test_cli_usage_is_read_into_usage_totals():
+    paths = {"prompt_tokens": ["u.in", "u.cache_read", "u.cache_write"], "completion_tokens": "u.out",
+             "cached_tokens": "u.cache_read", "cache_write_tokens": "u.cache_write", "total_tokens": "u.total"}
+    usage, reported = _parse_usage(paths, {"u": {"in": 10, "cache_read": 5, "cache_write": 2, "out": 7,
+                                                 "total": 24}})
+    assert reported and usage == UsageTotals(17, 7, cached_tokens=5, cache_write_tokens=2)
+    # a CLI that reports a total but no output count: the total fills in the completion count
+    usage, _ = _parse_usage({"prompt_tokens": "s.in", "total_tokens": "s.total"}, {"s": {"in": 30, "total": 42}})
+    assert usage == UsageTotals(30, 12)
+    assert _parse_usage(paths, None) == (UsageTotals(), False)
