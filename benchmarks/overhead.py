@@ -37,6 +37,7 @@ from litellm.llms.custom_llm import CustomLLM  # noqa: E402
 from litellm.types.utils import ModelResponse  # noqa: E402
 
 from composite_llm import service  # noqa: E402
+from composite_llm.registration import register_provider  # noqa: E402
 from composite_llm.request import build_request  # noqa: E402
 
 PROPOSERS = ("p1", "p2", "p3")
@@ -53,10 +54,7 @@ class _Empty(CustomLLM):
 
 
 def _register_empty() -> None:
-    entries = [e for e in (litellm.custom_provider_map or []) if e.get("provider") != "benchempty"]
-    entries.append({"provider": "benchempty", "custom_handler": _Empty()})
-    litellm.custom_provider_map = entries
-    litellm.utils.custom_llm_setup()
+    register_provider("benchempty", _Empty())
 
 
 def _variants(base_url: str) -> dict[str, Callable[[str], Awaitable[Any]]]:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import litellm
 import pytest
+from litellm.types.utils import ModelResponse
 
 from composite_llm import engine
+from composite_llm.litellm_provider import COMPOSITE_PROVIDER
 from composite_llm.errors import CompositeConfigError
 from conftest import user
 
@@ -174,6 +177,35 @@ async def test_a_hung_member_still_gets_an_answer_within_the_request_timeout(ser
     assert trace["dropped_members"] == ["proposer openai/p3"]
     assert any("stopped waiting for proposer openai/p3" in note for note in trace["notes"])
     assert "Response C" not in server.requests_for("agg")[0].system_text  # only the two answers
+
+
+async def test_an_httpx_timeout_sets_the_request_deadline(server, call_kwargs):
+    """`timeout=httpx.Timeout(...)` bounds a composite request by its read part, like a float does: the
+    hung proposer is dropped and the aggregator answers (LiteLLM passes the read part on as a float)."""
+    server.set_model("p1", reply="one")
+    server.set_model("p2", hang=True)
+    server.set_model("agg", reply="aggregated answer")
+    response = await asyncio.wait_for(litellm.acompletion(
+        model=MOA, messages=user("q"), timeout=httpx.Timeout(60.0, read=5.0),
+        proposers=["openai/p1", "openai/p2"], **call_kwargs), 60)
+    assert response.choices[0].message.content == "aggregated answer"
+    assert _trace(response)["dropped_members"] == ["proposer openai/p2"]
+
+
+async def test_the_handler_called_directly_honours_an_httpx_timeout(server, call_kwargs):
+    """Regression: the composite handler turned an `httpx.Timeout` into no deadline at all (only int/float
+    counted), so a caller handing one over directly waited for a hung member forever; now its read part
+    is the deadline, the rule of `composite_llm.timeouts` that local models and CLI agents share."""
+    server.set_model("p1", reply="one")
+    server.set_model("p2", hang=True)
+    server.set_model("agg", reply="aggregated answer")
+    response = await asyncio.wait_for(COMPOSITE_PROVIDER.acompletion(
+        model="moa/openai/agg", messages=user("q"), api_base=call_kwargs["api_base"], custom_prompt_dict={},
+        model_response=ModelResponse(), print_verbose=print, encoding=None, api_key=call_kwargs["api_key"],
+        logging_obj=None, optional_params={"proposers": ["openai/p1", "openai/p2"]}, litellm_params={},
+        timeout=httpx.Timeout(60.0, read=5.0)), 40)
+    assert response.choices[0].message.content == "aggregated answer"
+    assert _trace(response)["dropped_members"] == ["proposer openai/p2"]
 
 
 async def test_the_final_reserve_is_configurable(server, call_kwargs):

@@ -161,7 +161,7 @@ async def test_cursor_stream_json_success(fake, monkeypatch):
     assert Path(rec["cwd"]).name.startswith("composite-llm-cli-")
     # Own process group, led by the subreaper supervisor that started the CLI.
     assert rec["pgid"] == rec["ppid"] != os.getpgid(0)
-    assert result.usage == {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25,
+    assert result.usage.to_dict() == {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25,
                             "cached_tokens": 5, "reasoning_tokens": 0, "cache_write_tokens": 2}
     assert result.usage_reported is True
     assert result.cost_usd is None
@@ -241,8 +241,8 @@ async def test_json_result_with_usage_and_cost(fake):
     })
     result = await run_cli_agent(spec, "m-1", user("hi"), fake.settings())
     assert result.text == "Hello from m-1."
-    assert result.usage["prompt_tokens"] == 1000 and result.usage["completion_tokens"] == 250
-    assert result.usage["total_tokens"] == 1250
+    assert result.usage.prompt_tokens == 1000 and result.usage.completion_tokens == 250
+    assert result.usage.total_tokens == 1250
     assert result.cost_usd == pytest.approx(0.25)
     assert result.session_id == "json-sess-1"
 
@@ -256,8 +256,8 @@ async def test_claude_style(fake, monkeypatch):
     assert "--include-partial-messages" not in argv
     assert result.text == "Hello from sonnet."
     assert result.cost_usd == pytest.approx(0.0123)
-    assert result.usage["prompt_tokens"] == 33 and result.usage["cached_tokens"] == 20
-    assert result.usage["completion_tokens"] == 8
+    assert result.usage.prompt_tokens == 33 and result.usage.cached_tokens == 20
+    assert result.usage.completion_tokens == 8
     assert result.session_id == "5e55-claude-0001"
 
     monkeypatch.setenv("FAKE_ANSWER", "streamed from claude code")
@@ -276,7 +276,7 @@ async def test_codex_style(fake):
     assert argv[-1] == "-" and argv[argv.index("-s") + 1] == "read-only"
     assert argv[argv.index("-m") + 1] == "gpt-5-codex"
     assert result.text == "Hello from gpt-5-codex."  # the last agent message
-    assert result.usage == {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109,
+    assert result.usage.to_dict() == {"prompt_tokens": 100, "completion_tokens": 9, "total_tokens": 109,
                             "cached_tokens": 40, "reasoning_tokens": 0, "cache_write_tokens": 0}
     assert result.session_id == "thread-0199"
 
@@ -297,7 +297,7 @@ async def test_gemini_style(fake, monkeypatch):
     assert argv[argv.index("--output-format") + 1] == "stream-json"
     assert argv[argv.index("--approval-mode") + 1] == "default"
     assert result.text == "Hello from gemini-2.5-pro."
-    assert result.usage == {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30,
+    assert result.usage.to_dict() == {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30,
                             "cached_tokens": 4, "reasoning_tokens": 0, "cache_write_tokens": 0}
     assert result.session_id == "gem-sess-7"
     events = [e async for e in stream_cli_agent(GEMINI, "gemini-2.5-pro", user("hi"), fake.settings())]
@@ -315,7 +315,7 @@ async def test_plain_text_fallback_when_json_expected(fake, monkeypatch):
     monkeypatch.setenv("FAKE_ANSWER", "just some words")
     result = await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
     assert result.text == "just some words"
-    assert result.usage_reported is False and result.usage["total_tokens"] == 0
+    assert result.usage_reported is False and result.usage.total_tokens == 0
 
 
 async def test_text_format_spec_and_prompt_file(fake, monkeypatch):
@@ -778,7 +778,7 @@ def test_captured_real_output(spec, name, usage, cost):
     parsed, _ = _parse_captured(spec, name)
     assert parsed.terminal_seen and not parsed.is_error
     assert parsed.text == "The answer is 42."
-    assert {k: parsed.usage[k] for k in usage} == usage and parsed.usage_reported
+    assert {k: parsed.usage.to_dict()[k] for k in usage} == usage and parsed.usage_reported
     assert parsed.cost_usd == cost
     assert parsed.session_id
 

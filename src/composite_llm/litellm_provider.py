@@ -8,11 +8,9 @@ fan-out stays parallel. Errors leave as LiteLLM exception types so status codes 
 from __future__ import annotations
 
 import asyncio
-import threading
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Iterator, Optional, Union
 
-import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelResponseStream
 
@@ -20,8 +18,10 @@ from . import errors, router_members, service
 from .bridge import iterate_sync, run_sync
 from .errors import CompositeConfigError
 from .profiles import REGISTRY, ProfileSource
+from .registration import register_provider
 from .request import CompositeRequest, build_request
 from .response import StreamChunker, fill_model_response
+from .timeouts import timeout_seconds
 from .trace import Trace
 
 PROVIDER_NAME = "composite"
@@ -33,7 +33,7 @@ def _build(model: str, messages: Any, api_base: Any, api_key: Any, optional_para
     try:
         return build_request(model=model, messages=messages, api_base=api_base, api_key=api_key,
                              optional_params=optional_params, litellm_params=litellm_params,
-                             timeout=timeout if isinstance(timeout, (int, float)) else None)
+                             timeout=timeout_seconds(timeout))
     except CompositeConfigError as exc:
         raise errors.bad_request(str(exc), model) from None
 
@@ -118,7 +118,6 @@ class CompositeProvider(CustomLLM):
 
 
 COMPOSITE_PROVIDER = CompositeProvider()
-_register_lock = threading.Lock()
 
 
 def register_composite_provider(profiles: Optional[ProfileSource] = None, router: Any = None) -> CompositeProvider:
@@ -134,12 +133,8 @@ def register_composite_provider(profiles: Optional[ProfileSource] = None, router
         router_members.set_router(router)
     if profiles is not None:
         REGISTRY.set_explicit(profiles)
-    with _register_lock:
-        entries = [e for e in (litellm.custom_provider_map or []) if e.get("provider") != PROVIDER_NAME]
-        entries.append({"provider": PROVIDER_NAME, "custom_handler": COMPOSITE_PROVIDER})
-        litellm.custom_provider_map = entries
-        _register_optional_providers()
-        litellm.utils.custom_llm_setup()
+    register_provider(PROVIDER_NAME, COMPOSITE_PROVIDER)
+    _register_optional_providers()
     return COMPOSITE_PROVIDER
 
 

@@ -6,6 +6,7 @@ Composite prompts are merged into the conversation without breaking it: one syst
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 # What a composite answer carries besides its content (the trace of the last turn: `reasoning_content`,
@@ -16,21 +17,89 @@ from typing import Any, Optional
 ASSISTANT_TRACE_FIELDS = frozenset({"reasoning_content", "provider_specific_fields", "thinking_blocks"})
 
 
-def content_text(content: Any) -> str:
-    """The text parts of a message content, joined; images and other parts are left out."""
+#: Content part types whose `text` is the part's text: Chat Completions `text`, Responses API input
+#: (`input_text`) and output (`output_text`) parts. A part without a `type` counts as `text`.
+TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+
+#: Non-text part types and the word a note names them by (see `content_text(notes=True)`).
+NON_TEXT_PART_KINDS = {
+    "image_url": "image",
+    "input_image": "image",
+    "image": "image",
+    "input_audio": "audio",
+    "audio": "audio",
+    "file": "file",
+    "input_file": "file",
+    "document": "document",
+    "video_url": "video",
+}
+
+
+def content_text(content: Any, *, notes: bool = False) -> str:
+    """The text of a message `content`, the one rule every part of composite_llm reads content by.
+
+    - `None` is ""; a string is itself; one part given as a mapping counts as a list of that part.
+    - In a list, string parts and text parts (`text`, `input_text`, `output_text`, or a part with a
+      `text` and no known non-text type; `{"text": {"value": ...}}` too) give their text, in order,
+      joined by newlines.
+    - Images, audio, files, refusals and unknown parts carry no text the reader can use: they are left
+      out, or, with `notes=True`, named in brackets in their place (`[image omitted]`,
+      `[file omitted: a.pdf]`, `[refusal] why`), for readers that should know something was there
+      (a CLI agent's prompt). Local models and the fake server's recorded text leave them out.
+    - Anything else (a number, an object) is `str(content)`.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                parts.append(str(part.get("text", "")))
-            elif isinstance(part, str):
-                parts.append(part)
-        return "\n".join(parts)
-    return str(content)
+    if isinstance(content, Mapping):
+        content = [content]
+    if not isinstance(content, Iterable):
+        return str(content)
+    pieces: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            pieces.append(part)
+            continue
+        if not isinstance(part, Mapping) and callable(getattr(part, "model_dump", None)):
+            part = part.model_dump()
+        if not isinstance(part, Mapping):
+            if notes:
+                pieces.append(f"[{type(part).__name__} part omitted]")
+            continue
+        text = _part_text(part)
+        if text is not None:
+            pieces.append(text)
+        elif notes:
+            pieces.append(_part_note(part))
+    return "\n".join(pieces)
+
+
+def _part_text(part: Mapping[str, Any]) -> str | None:
+    """The text of a text part; None for any other part."""
+    ptype = str(part.get("type") or "text")
+    is_text = ptype in TEXT_PART_TYPES or (
+        "text" in part and ptype not in NON_TEXT_PART_KINDS and ptype != "refusal")
+    if not is_text:
+        return None
+    text = part.get("text")
+    if isinstance(text, Mapping):  # {"text": {"value": ...}} (Assistants API style)
+        text = text.get("value")
+    return "" if text is None else str(text)
+
+
+def _part_note(part: Mapping[str, Any]) -> str:
+    """The bracketed note standing for a non-text part."""
+    ptype = str(part.get("type") or "")
+    if ptype == "refusal":
+        return f"[refusal] {part.get('refusal', '')}"
+    kind = NON_TEXT_PART_KINDS.get(ptype)
+    if kind is None:
+        return f"[{ptype} part omitted]"
+    file_info = part.get("file")
+    filename = file_info.get("filename") if isinstance(file_info, Mapping) else None
+    filename = filename or part.get("filename")
+    return f"[{kind} omitted: {filename}]" if filename else f"[{kind} omitted]"
 
 
 def _as_dict(message: Any) -> dict[str, Any]:

@@ -22,28 +22,17 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 from aiohttp import web
+
+from composite_llm.messages import content_text as message_text  # public name of the fake server's text rule
 
 __all__ = ["FakeOpenAIServer", "ModelBehavior", "RecordedRequest", "count_tokens", "message_text",
            "stop_process_group"]
 
 ReplyFn = Callable[["RecordedRequest"], str]
-
-
-def message_text(content: Any) -> str:
-    """The text of an OpenAI message content (a string or a list of content parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return str(content)
 
 
 def count_tokens(text: str) -> int:

@@ -18,12 +18,17 @@ def _get(obj: Any, name: str) -> Any:
 
 @dataclass
 class UsageTotals:
-    """Token counts in OpenAI's terms; reasoning and cached tokens are subsets of completion/prompt."""
+    """Token counts in OpenAI's terms, the one usage type of composite_llm: a sub-call's record, a
+    request's sum, a local generation, a CLI agent run. Reasoning tokens are a subset of completion
+    tokens; cached (read from a provider cache) and cache-write tokens are subsets of prompt tokens.
+    The total is always prompt + completion. LiteLLM-facing shapes come from `to_litellm` (a response's
+    usage) and `openai_counts` (a streamed chunk's usage block)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -34,6 +39,7 @@ class UsageTotals:
         self.completion_tokens += other.completion_tokens
         self.reasoning_tokens += other.reasoning_tokens
         self.cached_tokens += other.cached_tokens
+        self.cache_write_tokens += other.cache_write_tokens
 
     @classmethod
     def from_usage(cls, usage: Any) -> "UsageTotals":
@@ -45,6 +51,7 @@ class UsageTotals:
             completion_tokens=int(_get(usage, "completion_tokens") or 0),
             reasoning_tokens=int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens") or 0),
             cached_tokens=int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens") or 0),
+            cache_write_tokens=int(_get(_get(usage, "prompt_tokens_details"), "cache_creation_tokens") or 0),
         )
 
     def to_litellm(self) -> Usage:
@@ -56,13 +63,21 @@ class UsageTotals:
             prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=self.cached_tokens),
         )
 
-    def to_dict(self) -> dict[str, int]:
+    def openai_counts(self) -> dict[str, int]:
+        """The three counts of an OpenAI usage block (what a streamed chunk carries to LiteLLM)."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+        }
+
+    def to_dict(self) -> dict[str, int]:
+        """Every count, for traces and logs."""
+        return {
+            **self.openai_counts(),
             "reasoning_tokens": self.reasoning_tokens,
             "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }
 
 

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..usage import UsageTotals
 from .spec import MISSING, CLISpec, resolve_number, resolve_path, resolve_text
 
-__all__ = ["OutputParser", "ParsedOutput", "empty_usage", "strip_ansi"]
+__all__ = ["OutputParser", "ParsedOutput", "strip_ansi"]
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 _MAX_NOISE_LINES = 2000
@@ -58,11 +59,6 @@ def unwrap_api_error(message: str) -> tuple[str, int | None]:
     return inner.strip(), status
 
 
-def empty_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0,
-            "cache_write_tokens": 0}
-
-
 @dataclass
 class ParsedOutput:
     """What the output said, before the runner weighs it against the exit code."""
@@ -72,7 +68,7 @@ class ParsedOutput:
     terminal_seen: bool
     is_error: bool
     error_message: str | None
-    usage: dict[str, int]
+    usage: UsageTotals
     usage_reported: bool
     cost_usd: float | None
     session_id: str | None
@@ -200,26 +196,23 @@ class OutputParser:
                     return status
         return None
 
-    def _usage(self, event: dict[str, Any] | None) -> tuple[dict[str, int], bool]:
-        usage = empty_usage()
-        if event is None:
-            return usage, False
+    def _usage(self, event: dict[str, Any] | None) -> tuple[UsageTotals, bool]:
+        """The counts the spec's usage paths find in the terminal event (each key sums its paths), and
+        whether any was reported. The total is prompt + completion; a reported total only fills in
+        the completion count of a CLI that reports a total but no output count."""
+        counts: dict[str, int] = {}
         reported = False
-        found_total = False
         for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "cache_write_tokens",
                     "total_tokens"):
-            total = 0.0
-            for path in getattr(self.spec.usage, key):
-                value = resolve_number(event, path)
-                if value is not None:
-                    total += value
-                    reported = True
-                    if key == "total_tokens":
-                        found_total = True
-            usage[key] = int(total)
-        if not found_total:
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return usage, reported
+            values = [resolve_number(event, path) for path in getattr(self.spec.usage, key)] if event else []
+            found = [value for value in values if value is not None]
+            if found:
+                counts[key] = int(sum(found))
+                reported = True
+        total = counts.pop("total_tokens", None)
+        if total is not None and "completion_tokens" not in counts:
+            counts["completion_tokens"] = max(0, total - counts.get("prompt_tokens", 0))
+        return UsageTotals(**counts), reported
 
     def assembled_text(self) -> str | None:
         """The answer from the events: result text, else complete messages, else the deltas."""

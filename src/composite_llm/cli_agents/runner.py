@@ -40,9 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .builtin_specs import get_spec
 from .errors import CLIAgentError, CLIExitError, CLINotFoundError, CLIOutputError, CLISpecError, CLITimeoutError
-from .output import OutputParser, empty_usage, strip_ansi
+from .output import OutputParser, strip_ansi
 from ..redact import Redactor, is_secret_name, secret_env_values
 from .serialize import serialize_messages
+from ..timeouts import timeout_seconds
+from ..usage import UsageTotals
 from .spec import CLISpec, fill_placeholders
 
 __all__ = [
@@ -160,9 +162,8 @@ class CLIResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str
-    #: prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens,
-    #: cache_write_tokens (0 if unknown).
-    usage: dict[str, int] = Field(default_factory=empty_usage)
+    #: Token counts the CLI reported (0 where it reported none).
+    usage: UsageTotals = Field(default_factory=UsageTotals)
     #: True when the CLI reported any token count.
     usage_reported: bool = False
     cost_usd: float | None = None
@@ -189,16 +190,6 @@ CLIEvent = Union[TextDelta, CLIResult]
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def _as_seconds(timeout: Any) -> float | None:
-    if timeout is None or isinstance(timeout, bool):
-        return None
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 and math.isfinite(value) else None
-
-
 def _check_model(model: str | None) -> str | None:
     if model is None:
         return None
@@ -360,7 +351,7 @@ class _Run:
         self.prompt = messages if isinstance(messages, str) else serialize_messages(messages)
         self.streaming = streaming
         total = settings.timeout_seconds
-        requested = _as_seconds(timeout)
+        requested = timeout_seconds(timeout)
         if requested is not None:
             total = min(total, requested)
         self.total_timeout = total
@@ -768,7 +759,7 @@ class _Run:
             stop_reason=self.stop_reason,
             stdout_bytes=self.stdout_bytes,
             error=None if error is None else f"{type(error).__name__}: {error}",
-            usage=None if result is None else result.usage,
+            usage=None if result is None else result.usage.to_dict(),
             cost_usd=None if result is None else result.cost_usd,
         )
         self.log.close()

@@ -20,24 +20,13 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from composite_llm.messages import content_text
+
 __all__ = ["serialize_messages", "content_to_text", "new_nonce", "HEADER_PREFIX"]
 
 HEADER_PREFIX = "<<<"
 _HEADER_SUFFIX = ">>>"
 _ROLE_RE = re.compile(r"[^a-z0-9_\-]")
-
-_NON_TEXT_PARTS = {
-    "image_url": "image",
-    "input_image": "image",
-    "image": "image",
-    "input_audio": "audio",
-    "audio": "audio",
-    "file": "file",
-    "input_file": "file",
-    "document": "document",
-    "video_url": "video",
-}
-
 
 def new_nonce() -> str:
     """A fresh random token for header lines (16 hex characters)."""
@@ -56,45 +45,9 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 
 def content_to_text(content: Any) -> str:
-    """Text of a message's ``content``: a string, or a list of parts (text parts in order, other
-    parts noted as ``[image omitted]`` etc.). ``None`` is the empty string."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        content = [content]
-    if not isinstance(content, Iterable):
-        return str(content)
-    pieces: list[str] = []
-    for part in content:
-        if isinstance(part, str):
-            pieces.append(part)
-            continue
-        if not isinstance(part, Mapping):
-            pieces.append(str(part))
-            continue
-        ptype = str(part.get("type") or "text")
-        if ptype in ("text", "input_text", "output_text") or (
-            "text" in part and ptype not in _NON_TEXT_PARTS and ptype != "refusal"
-        ):
-            text = part.get("text")
-            if isinstance(text, Mapping):  # {"text": {"value": ...}} (assistants-API style)
-                text = text.get("value")
-            pieces.append("" if text is None else str(text))
-        elif ptype == "refusal":
-            pieces.append(f"[refusal] {part.get('refusal', '')}")
-        elif ptype in _NON_TEXT_PARTS:
-            kind = _NON_TEXT_PARTS[ptype]
-            filename = None
-            file_info = part.get("file")
-            if isinstance(file_info, Mapping):
-                filename = file_info.get("filename")
-            filename = filename or part.get("filename")
-            pieces.append(f"[{kind} omitted: {filename}]" if filename else f"[{kind} omitted]")
-        else:
-            pieces.append(f"[{ptype} part omitted]")
-    return "\n".join(pieces)
+    """Text of a message's ``content`` as the agent reads it: `composite_llm.messages.content_text`
+    with non-text parts noted in place (``[image omitted]``, ``[refusal] ...``)."""
+    return content_text(content, notes=True)
 
 
 def _escape_body(text: str) -> str:

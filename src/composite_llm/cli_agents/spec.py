@@ -204,6 +204,8 @@ class UsagePaths(BaseModel):
     reasoning_tokens: list[str] = Field(default_factory=list)
     #: Prompt tokens written to the provider's cache (a subset of prompt_tokens, like cached_tokens).
     cache_write_tokens: list[str] = Field(default_factory=list)
+    #: Read only when no completion count is found: completion = total - prompt (the total of a
+    #: composite's usage is always prompt + completion).
     total_tokens: list[str] = Field(default_factory=list)
 
     @field_validator("*", mode="before")

@@ -23,14 +23,12 @@ from composite_llm.local.errors import (
     LocalRuntimeMissing,
     UnknownLocalModel,
 )
-
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from composite_llm.local.provider import PROVIDER, LocalProvider
 
     #: The module-level handler registered under `local`; one per process, shared by every caller.
     LOCAL_PROVIDER: LocalProvider
 
-_register_lock = threading.Lock()
 _instance_lock = threading.Lock()
 
 
@@ -54,19 +52,11 @@ def register_local_provider() -> LocalProvider:
     Keeps every other entry of `litellm.custom_provider_map`, replaces a stale `local` entry that
     points at another handler (e.g. after a module reload), and never adds a duplicate.
     """
-    import litellm
-    import litellm.utils
-
     from composite_llm.local.provider import PROVIDER
+    from composite_llm.registration import register_provider  # imports litellm: only when registering
 
     LOCAL_PROVIDER = __getattr__("LOCAL_PROVIDER")
-    with _register_lock:
-        entries = [e for e in litellm.custom_provider_map if e.get("provider") != PROVIDER]
-        ours = [e for e in litellm.custom_provider_map if e.get("provider") == PROVIDER]
-        if len(ours) != 1 or ours[0].get("custom_handler") is not LOCAL_PROVIDER:
-            entries.append({"provider": PROVIDER, "custom_handler": LOCAL_PROVIDER})
-            litellm.custom_provider_map[:] = entries
-        litellm.utils.custom_llm_setup()
+    register_provider(PROVIDER, LOCAL_PROVIDER)
     return LOCAL_PROVIDER
 
 

@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from composite_llm.local.errors import LocalContextOverflow, LocalModelError
-from composite_llm.local.events import END, StreamEvent, Usage
+from composite_llm.local.events import END, StreamEvent
 from composite_llm.local.text import StopText
+from composite_llm.usage import UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -510,7 +511,8 @@ class BatchScheduler:
         self._release(seq)
         request.remaining -= 1
         if request.remaining == 0:
-            usage = Usage(len(request.prepared.prompt), request.completion_tokens)  # type: ignore[union-attr]
+            usage = UsageTotals(prompt_tokens=len(request.prepared.prompt),  # type: ignore[union-attr]
+                                completion_tokens=request.completion_tokens)
             request.emit(StreamEvent("", reason, usage, seq.index))
             request.emit(END)
             self._end_request(request)

@@ -8,22 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
+from composite_llm.usage import UsageTotals
 
 
 @dataclass
@@ -37,7 +22,7 @@ class StreamEvent:
 
     text: str
     finish_reason: str | None = None
-    usage: Usage | None = None
+    usage: UsageTotals | None = None
     index: int = 0
 
 
@@ -53,7 +38,7 @@ class Generation:
     """A finished non-streaming answer: one choice per sample."""
 
     choices: list[Choice]
-    usage: Usage
+    usage: UsageTotals
     seconds: float
 
     @property

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from composite_llm.local.errors import LocalModelError
+from composite_llm.messages import content_text
 
 MAX_TOKENS_ENV = "COMPOSITE_LLM_LOCAL_MAX_TOKENS"
 DEFAULT_MAX_TOKENS = 1024
@@ -31,7 +32,6 @@ _FORWARDED = {
     "repeat_penalty": "repeat_penalty",
     "repetition_penalty": "repeat_penalty",
 }
-_TEXT_PART_TYPES = {"text", "input_text", "output_text"}
 
 
 class UnsupportedLocalParam(LocalModelError):
@@ -39,23 +39,9 @@ class UnsupportedLocalParam(LocalModelError):
 
 
 def flatten_content(content: Any) -> str:
-    """A message's content as one string: strings as-is, content parts reduced to their text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        content = [content]
-    texts: list[str] = []
-    if isinstance(content, Iterable):
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, Mapping) and part.get("type", "text") in _TEXT_PART_TYPES:
-                text = part.get("text")
-                if isinstance(text, str):
-                    texts.append(text)
-    return "\n".join(texts)
+    """A message's content as one string: `composite_llm.messages.content_text`, non-text parts left out
+    (the chat templates take strings, and these models cannot see images)."""
+    return content_text(content)
 
 
 def to_llama_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:

@@ -10,14 +10,14 @@ the right HTTP status and the engine can tell bad requests from transient failur
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from contextlib import aclosing, closing, contextmanager
 from typing import Any, NoReturn
 
 import httpx
 import litellm
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse
-from litellm.types.utils import Usage as LiteLLMUsage
 
 from composite_llm.local.catalog import get_model
 from composite_llm.local.errors import (
@@ -36,21 +36,9 @@ from composite_llm.local.runtime import (
     default_runtime,
     raise_for_runtime,
 )
+from composite_llm.timeouts import timeout_seconds
 
 PROVIDER = "local"
-
-
-def _timeout_seconds(timeout: float | httpx.Timeout | None) -> float | None:
-    """LiteLLM hands over a float (or an httpx.Timeout); local generation honours its read part."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, httpx.Timeout):
-        return timeout.read
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 else None
 
 
 def _raise_litellm(exc: Exception, name: str) -> NoReturn:
@@ -68,13 +56,22 @@ def _raise_litellm(exc: Exception, name: str) -> NoReturn:
     raise litellm.InternalServerError(message=message, model=model, llm_provider=PROVIDER) from exc
 
 
+@contextmanager
+def _litellm_errors(name: str) -> Iterator[None]:
+    """Our errors raised inside the block leave as LiteLLM's exception types (`_raise_litellm`)."""
+    try:
+        yield
+    except LocalModelError as exc:
+        _raise_litellm(exc, name)
+
+
 def _chunk(event: StreamEvent) -> GenericStreamingChunk:
     finished = event.finish_reason is not None
     return GenericStreamingChunk(
         text=event.text,
         is_finished=finished,
         finish_reason=event.finish_reason or "",
-        usage=event.usage.as_dict() if event.usage is not None else None,  # type: ignore[typeddict-item]
+        usage=event.usage.openai_counts() if event.usage is not None else None,  # type: ignore[typeddict-item]
         index=0,
         tool_use=None,
         provider_specific_fields=None,
@@ -96,7 +93,7 @@ class LocalProvider(CustomLLM):
     def _check(model: str, optional_params: dict | None = None, stream: bool = False) -> str:
         """Catalog name for `model` (LiteLLM strips `local/`); bad requests fail before queueing."""
         name = model.removeprefix(f"{PROVIDER}/")
-        try:
+        with _litellm_errors(name):
             spec = get_model(name)
             generation_kwargs(optional_params or {})
             if stream and sample_count(optional_params or {}) > 1:
@@ -105,8 +102,6 @@ class LocalProvider(CustomLLM):
                     "ask without stream for several choices (they are generated together either way)"
                 )
             raise_for_runtime()
-        except LocalModelError as exc:
-            _raise_litellm(exc, name)
         return spec.name
 
     @staticmethod
@@ -121,12 +116,7 @@ class LocalProvider(CustomLLM):
         ]
         model_response.model = f"{PROVIDER}/{name}"
         model_response.created = int(time.time())
-        usage = generation.usage
-        model_response.usage = LiteLLMUsage(  # type: ignore[attr-defined]
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-        )
+        model_response.usage = generation.usage.to_litellm()  # type: ignore[attr-defined]
         model_response._hidden_params["response_cost"] = 0.0
         return model_response
 
@@ -143,140 +133,60 @@ class LocalProvider(CustomLLM):
         if logging_obj is not None and hasattr(logging_obj, "_provider_reported_cost"):
             logging_obj._provider_reported_cost = 0.0
 
-    def completion(
-        self,
-        model: str,
-        messages: list,
-        api_base: str,
-        custom_prompt_dict: dict,
-        model_response: ModelResponse,
-        print_verbose: Callable,
-        encoding: Any,
-        api_key: Any,
-        logging_obj: Any,
-        optional_params: dict,
-        acompletion: Any = None,
-        litellm_params: Any = None,
-        logger_fn: Any = None,
-        headers: dict | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        client: Any = None,
-    ) -> ModelResponse:
+    # LiteLLM calls the four entry points with keyword arguments only (`custom_chat_llm_router` in
+    # litellm.main); the ones the provider reads are named, the rest of its call (api_base, api_key,
+    # encoding, headers, client, ...) means nothing to an in-process model and lands in `_`.
+    def completion(self, model: str, messages: list, *, model_response: ModelResponse,  # type: ignore[override]
+                   optional_params: dict, timeout: float | httpx.Timeout | None = None, **_: Any) -> ModelResponse:
         name = self._check(model, optional_params)
-        try:
-            generation = self.runtime.complete(name, messages, optional_params, _timeout_seconds(timeout))
-        except LocalModelError as exc:
-            _raise_litellm(exc, name)
+        with _litellm_errors(name):
+            generation = self.runtime.complete(name, messages, optional_params, timeout_seconds(timeout))
         return self._fill(model_response, name, generation)
 
-    async def acompletion(
-        self,
-        model: str,
-        messages: list,
-        api_base: str,
-        custom_prompt_dict: dict,
-        model_response: ModelResponse,
-        print_verbose: Callable,
-        encoding: Any,
-        api_key: Any,
-        logging_obj: Any,
-        optional_params: dict,
-        acompletion: Any = None,
-        litellm_params: Any = None,
-        logger_fn: Any = None,
-        headers: dict | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        client: Any = None,
-    ) -> ModelResponse:
+    async def acompletion(self, model: str, messages: list, *, model_response: ModelResponse,  # type: ignore[override]
+                          optional_params: dict, timeout: float | httpx.Timeout | None = None,
+                          **_: Any) -> ModelResponse:
         name = self._check(model, optional_params)
-        try:
-            generation = await self.runtime.acomplete(name, messages, optional_params, _timeout_seconds(timeout))
-        except LocalModelError as exc:
-            _raise_litellm(exc, name)
+        with _litellm_errors(name):
+            generation = await self.runtime.acomplete(name, messages, optional_params, timeout_seconds(timeout))
         return self._fill(model_response, name, generation)
 
-    def streaming(
-        self,
-        model: str,
-        messages: list,
-        api_base: str,
-        custom_prompt_dict: dict,
-        model_response: ModelResponse,
-        print_verbose: Callable,
-        encoding: Any,
-        api_key: Any,
-        logging_obj: Any,
-        optional_params: dict,
-        acompletion: Any = None,
-        litellm_params: Any = None,
-        logger_fn: Any = None,
-        headers: dict | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        client: Any = None,
-    ) -> Iterator[GenericStreamingChunk]:
-        name = self._check(model, optional_params, stream=True)  # eager: fails at call time, not at first chunk
-        self._report_zero_cost(logging_obj)  # before LiteLLM wraps the stream (it prices it right away)
-        return self._sync_chunks(name, messages, optional_params, logging_obj, timeout)
-
-    def _sync_chunks(
-        self,
-        name: str,
-        messages: list,
-        optional_params: dict,
-        logging_obj: Any,
-        timeout: float | httpx.Timeout | None,
-    ) -> Iterator[GenericStreamingChunk]:
-        events = self.runtime.stream(name, messages, optional_params, _timeout_seconds(timeout))
-        try:
-            for event in events:
-                if event.finish_reason is not None:
-                    self._report_zero_cost(logging_obj)
-                yield _chunk(event)
-        except LocalModelError as exc:
-            _raise_litellm(exc, name)
-        finally:
-            events.close()
-
-    def astreaming(  # type: ignore[override]
-        self,
-        model: str,
-        messages: list,
-        api_base: str,
-        custom_prompt_dict: dict,
-        model_response: ModelResponse,
-        print_verbose: Callable,
-        encoding: Any,
-        api_key: Any,
-        logging_obj: Any,
-        optional_params: dict,
-        acompletion: Any = None,
-        litellm_params: Any = None,
-        logger_fn: Any = None,
-        headers: dict | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        client: Any = None,
-    ) -> AsyncIterator[GenericStreamingChunk]:
-        """A plain method returning an async generator (LiteLLM only iterates it): the checks and the
-        cost report happen at call time, before LiteLLM wraps (and would price) the stream."""
+    def streaming(self, model: str, messages: list, *, optional_params: dict,  # type: ignore[override]
+                  logging_obj: Any = None, timeout: float | httpx.Timeout | None = None,
+                  **_: Any) -> Iterator[GenericStreamingChunk]:
+        """Checks run at call time, not at the first chunk; the cost is reported before LiteLLM wraps the
+        stream (it prices it right away). Closing the iterator early stops the generation."""
         name = self._check(model, optional_params, stream=True)
         self._report_zero_cost(logging_obj)
-        return self._async_chunks(name, messages, optional_params, logging_obj, timeout)
+        events = self.runtime.stream(name, messages, optional_params, timeout_seconds(timeout))
+        return self._sync_chunks(name, events, logging_obj)
 
-    async def _async_chunks(
-        self,
-        name: str,
-        messages: list,
-        optional_params: dict,
-        logging_obj: Any,
-        timeout: float | httpx.Timeout | None,
-    ) -> AsyncIterator[GenericStreamingChunk]:
-        events = self.runtime.astream(name, messages, optional_params, _timeout_seconds(timeout))
-        try:
-            async for event in events:
-                if event.finish_reason is not None:
-                    self._report_zero_cost(logging_obj)
-                yield _chunk(event)
-        except LocalModelError as exc:
-            _raise_litellm(exc, name)
-        finally:
-            await events.aclose()
+    def astreaming(self, model: str, messages: list, *, optional_params: dict,  # type: ignore[override]
+                   logging_obj: Any = None, timeout: float | httpx.Timeout | None = None,
+                   **_: Any) -> AsyncIterator[GenericStreamingChunk]:
+        """A plain method returning an async generator (LiteLLM only iterates it), for the same reasons as
+        `streaming`."""
+        name = self._check(model, optional_params, stream=True)
+        self._report_zero_cost(logging_obj)
+        events = self.runtime.astream(name, messages, optional_params, timeout_seconds(timeout))
+        return self._async_chunks(name, events, logging_obj)
+
+    # One chunk loop, in its sync and async spelling: the per-event work (`_event_chunk`), the error
+    # mapping (`_litellm_errors`) and the closing of the runtime's stream are shared.
+    def _sync_chunks(self, name: str, events: Generator[StreamEvent, None, None],
+                     logging_obj: Any) -> Iterator[GenericStreamingChunk]:
+        with _litellm_errors(name), closing(events):
+            for event in events:
+                yield self._event_chunk(event, logging_obj)
+
+    async def _async_chunks(self, name: str, events: AsyncGenerator[StreamEvent, None],
+                            logging_obj: Any) -> AsyncIterator[GenericStreamingChunk]:
+        with _litellm_errors(name):
+            async with aclosing(events):
+                async for event in events:
+                    yield self._event_chunk(event, logging_obj)
+
+    def _event_chunk(self, event: StreamEvent, logging_obj: Any) -> GenericStreamingChunk:
+        if event.finish_reason is not None:
+            self._report_zero_cost(logging_obj)
+        return _chunk(event)

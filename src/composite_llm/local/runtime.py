@@ -43,8 +43,9 @@ from composite_llm.local.cache import resolve_model_file
 from composite_llm.local.catalog import RUNTIME_BUILD_ENV, RUNTIME_REQUIREMENT, LocalModel, get_model
 from composite_llm.local.errors import LocalModelError, LocalRuntimeMissing
 from composite_llm.local.events import END as _END
-from composite_llm.local.events import Choice, Generation, StreamEvent, Usage
+from composite_llm.local.events import Choice, Generation, StreamEvent
 from composite_llm.local.params import generation_kwargs, sample_count, to_llama_messages
+from composite_llm.usage import UsageTotals
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class LoadedModel:
 def _collect(events: list[StreamEvent], started: float) -> Generation:
     texts: dict[int, list[str]] = {}
     reasons: dict[int, str] = {}
-    usage = Usage()
+    usage = UsageTotals()
     for event in events:
         texts.setdefault(event.index, []).append(event.text)
         if event.finish_reason is not None:
@@ -376,7 +377,6 @@ __all__ = [
     "LocalRuntime",
     "LocalTimeout",
     "StreamEvent",
-    "Usage",
     "default_runtime",
     "raise_for_runtime",
     "runtime_installed",

@@ -8,6 +8,7 @@ them). The subprocess hygiene lives in `composite_llm.cli_agents`; this module o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
@@ -35,7 +36,6 @@ from ..engine import MemberResult, PlannedCall, RunContext, StreamPiece
 from ..errors import CompositeConfigError
 from ..schema import NodeConfig, StrictModel
 from ..trace import SubCallRecord, preview
-from ..usage import UsageTotals
 from .base import inline_keys_of, inline_topology
 
 STAGE = "cli agent"
@@ -101,18 +101,13 @@ class _CLIRunner:
                               model=f"cli/{self.spec.name}/{self.topology.model}")
 
     def _finish(self, ctx: RunContext, record: SubCallRecord, result: CLIResult, started: float) -> None:
-        usage = result.usage
-        record.usage = UsageTotals(prompt_tokens=usage.get("prompt_tokens", 0),
-                                   completion_tokens=usage.get("completion_tokens", 0),
-                                   reasoning_tokens=usage.get("reasoning_tokens", 0),
-                                   cached_tokens=usage.get("cached_tokens", 0))
+        record.usage = dataclasses.replace(result.usage)
         record.cost = result.cost_usd
         record.latency_s = time.monotonic() - started
         record.preview = preview(result.text)
         record.extra.update({"argv": result.argv, "exit_code": result.exit_code, "session_id": result.session_id,
                              "truncated": result.truncated, "stop_reason": result.stop_reason,
-                             "usage_reported": result.usage_reported, "warnings": result.warnings,
-                             "cache_write_tokens": usage.get("cache_write_tokens", 0)})
+                             "usage_reported": result.usage_reported, "warnings": result.warnings})
         if result.truncated:
             ctx.trace.notes.append(f"CLI output truncated at {self.topology.settings.max_output_bytes} bytes: "
                                    "the answer is cut (finish_reason length)")

@@ -13,7 +13,6 @@ system message. A ranking is read from the reviewer's own final section only (`a
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
@@ -25,7 +24,8 @@ from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig, StrictModel, check_quorum
 from .answers import parse_ranking
 from .base import FinalCall, final_candidates, inline_keys_of, split_settings
-from .framing import Framing, framed_messages
+from .framing import Framing, anonymous_blocks, framed_messages
+from .judging import shuffle_rng
 
 __all__ = ["CouncilStrategy", "CouncilTopology", "CouncilSettings", "ParsedRanking", "aggregate_rankings",
            "parse_ranking"]
@@ -189,7 +189,7 @@ class CouncilStrategy:
         ranking = "\n".join(f"{pos}. {row['response']} (mean rank {row['mean_rank']:.2f}, {row['votes']} votes)"
                             for pos, row in enumerate(aggregate, start=1) if row["mean_rank"] is not None)
         request = CHAIRMAN_REQUEST.format(
-            responses=framing.blocks([(label, a.text) for label, a in zip(labels, answers)]),
+            responses=anonymous_blocks([a.text for a in answers], None, framing)[0],
             reviews=framing.blocks([(f"Review {i + 1}", text) for i, text in enumerate(reviewed)]) or "(no reviews)",
         )
         prompt = CHAIRMAN_PROMPT.format(ranking=ranking or "(no rankings)")
@@ -211,15 +211,14 @@ class CouncilStrategy:
         else:  # members review; those that failed stage 1 are not asked
             reviewers = [(ctx.plan(a.call.node, role="reviewer", stage="stage 2 reviews"), index)
                          for index, a in enumerate(answers)]
-        rng = random.Random(settings.shuffle_seed) if settings.shuffle_seed is not None else ctx.rng
+        rng = shuffle_rng(ctx, settings.shuffle_seed)
         items, views = [], []
         for call, own_index in reviewers:
-            shown = [i for i in range(len(answers)) if not (settings.skip_own_answer and i == own_index)]
-            if settings.shuffle:
-                rng.shuffle(shown)
-            view_labels = response_labels(len(shown))
-            framing = Framing.for_texts(answers[i].text for i in shown)
-            block = framing.blocks([(vl, answers[i].text) for vl, i in zip(view_labels, shown)])
+            candidates = [i for i in range(len(answers)) if not (settings.skip_own_answer and i == own_index)]
+            framing = Framing.for_texts(answers[i].text for i in candidates)
+            block, view_labels, order = anonymous_blocks([answers[i].text for i in candidates],
+                                                         rng if settings.shuffle else None, framing)
+            shown = [candidates[k] for k in order]
             items.append((call, framed_messages(messages, REVIEW_SYSTEM_PROMPT, framing,
                                                 REVIEW_REQUEST.format(responses=block))))
             views.append((view_labels, shown))

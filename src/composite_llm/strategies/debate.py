@@ -19,8 +19,8 @@ from ..engine import MemberResult, RunContext
 from ..schema import NodeConfig, SampledNodeList, StrictModel, check_quorum
 from .answers import ExtractionSettings, make_extractor, render_tally, tally
 from .base import FinalCall, FinalText, final_candidates, inline_keys_of, inline_topology
-from .framing import Framing, framed_messages
-from .judging import anonymous_blocks, answer_nodes, require_answers, shuffle_rng
+from .framing import Framing, anonymous_blocks, framed_messages
+from .judging import answer_nodes, require_answers, shuffle_rng
 
 # Revision rounds: the others' answers are untrusted text, framed in the member's last user turn.
 REVISE_SYSTEM_PROMPT = """\

@@ -20,12 +20,13 @@ answers. The same scheme as `cli_agents/serialize.py` uses for role markers.
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from ..messages import with_system_prompt
+from ..messages import response_labels, with_system_prompt
 
 MARKER_PREFIX = "<<<"
 BEGIN_MARKER = "<<<BEGIN {label} {nonce}>>>"
@@ -76,6 +77,18 @@ class Framing:
     def blocks(self, labelled: Sequence[tuple[str, str]]) -> str:
         """Several (label, text) pairs as framed blocks, in the given order."""
         return "\n\n".join(self.block(label, text) for label, text in labelled)
+
+
+def anonymous_blocks(texts: Sequence[str], rng: random.Random | None, framing: Framing
+                     ) -> tuple[str, list[str], list[int]]:
+    """The one response-block layout of every strategy: texts as framed blocks labelled "Response A, B,
+    ..." (no model names). Returns (the prompt text, the labels, order) where `order[k]` is the index in
+    `texts` shown under `labels[k]`; `rng` shuffles the order (position bias), `None` keeps it."""
+    order = list(range(len(texts)))
+    if rng is not None:
+        rng.shuffle(order)
+    labels = response_labels(len(order))
+    return framing.blocks([(label, texts[i]) for label, i in zip(labels, order)]), labels, order
 
 
 def framed_messages(conversation: list[Any], instructions: str, framing: Framing, request: str

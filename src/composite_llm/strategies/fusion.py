@@ -33,8 +33,8 @@ from ..engine import MemberResult, RunContext
 from ..errors import CompositeConfigError
 from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
 from .base import FinalCall, final_candidates, inline_keys_of, split_settings
-from .framing import Framing, framed_messages
-from .judging import anonymous_blocks, ask_judge, shuffle_rng
+from .framing import Framing, anonymous_blocks, framed_messages
+from .judging import ask_judge, shuffle_rng
 
 MAX_PANEL = 8
 COMPARISON_LABEL = "Your comparison"

@@ -3,7 +3,8 @@
 
 - `answer_nodes`: the members that produce the final answer get the client's answer-shaping parameters
   (max_tokens, response_format, stop), which the engine otherwise gives to the final stage only.
-- `anonymous_blocks`: candidate texts framed under "Response A/B/..." labels, in a shuffled order.
+- `shuffle_rng`: the generator that shuffles candidates for `framing.anonymous_blocks` (a fixed seed or the
+  request's own).
 - `judge_messages`: the judge's prompt, our instructions in the system message and the framed candidates
   (untrusted) in the last user message (`framing.py`).
 - `ask_judge`: one judge call, trying the node's fallbacks; None when every one failed (recorded).
@@ -16,7 +17,6 @@ import random
 from typing import Any, Optional, Sequence
 
 from ..engine import MemberResult, PlannedCall, RunContext, StageResult
-from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig
 from .framing import Framing, framed_messages
 
@@ -39,17 +39,6 @@ def answer_nodes(ctx: RunContext, nodes: Sequence[NodeConfig], strategy: str) ->
 def shuffle_rng(ctx: RunContext, seed: Optional[int]) -> random.Random:
     """A fixed-seed generator when the settings give a seed, else the request's own."""
     return random.Random(seed) if seed is not None else ctx.rng
-
-
-def anonymous_blocks(texts: Sequence[str], rng: Optional[random.Random], framing: Framing
-                     ) -> tuple[str, list[str], list[int]]:
-    """Texts as framed, labelled blocks. Returns (the prompt text, the labels, order) where `order[k]` is
-    the index in `texts` shown under `labels[k]`; `rng=None` keeps the given order."""
-    order = list(range(len(texts)))
-    if rng is not None:
-        rng.shuffle(order)
-    labels = response_labels(len(order))
-    return framing.blocks([(label, texts[i]) for label, i in zip(labels, order)]), labels, order
 
 
 def judge_messages(messages: list[Any], system_prompt: str, framing: Framing, request: str

@@ -14,10 +14,9 @@ from typing import Any, ClassVar, Optional
 from pydantic import Field, model_validator
 
 from ..engine import RunContext, StageResult
-from ..messages import response_labels
 from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
 from .base import FinalCall, final_candidates, inline_keys_of, inline_topology
-from .framing import Framing, framed_messages
+from .framing import Framing, anonymous_blocks, framed_messages
 
 AGGREGATE_PROMPT = """\
 Several assistants have answered the user's latest request. Their responses are in the last user
@@ -81,7 +80,7 @@ class MoATopology(StrictModel):
 def format_responses(answers: StageResult | list[Any], framing: Framing) -> str:
     """The previous layer's answers as framed, labelled blocks, in member order, failures already left out."""
     texts = [a.text for a in (answers.answers if isinstance(answers, StageResult) else answers)]
-    return framing.blocks(list(zip(response_labels(len(texts)), texts)))
+    return anonymous_blocks(texts, None, framing)[0]
 
 
 def aggregate_messages(messages: list[Any], answers: StageResult | list[Any], custom: Optional[str] = None

@@ -22,8 +22,8 @@ from ..engine import MemberResult, PlannedCall, RunContext
 from ..schema import NodeConfig, SampledNodes, StrictModel, check_quorum
 from .answers import ExtractionSettings, Tally, make_extractor, parse_picked_label, render_tally, tally
 from .base import FinalText, final_candidates, inline_keys_of, inline_topology
-from .framing import Framing
-from .judging import anonymous_blocks, answer_nodes, ask_judge, judge_messages, require_answers, shuffle_rng
+from .framing import Framing, anonymous_blocks
+from .judging import answer_nodes, ask_judge, judge_messages, require_answers, shuffle_rng
 
 JUDGE_SYSTEM_PROMPT = """\
 You are a careful judge. Several responses were sampled for the user's latest request; they are in the
