@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper, Usage
+if TYPE_CHECKING:  # litellm is imported where a LiteLLM object is built (it takes seconds to import)
+    from litellm.types.utils import Usage
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -55,6 +56,9 @@ class UsageTotals:
         )
 
     def to_litellm(self) -> Usage:
+        # Imported here: the CLI and local packages use this type without paying for litellm's import.
+        from litellm.types.utils import CompletionTokensDetailsWrapper, PromptTokensDetailsWrapper, Usage
+
         return Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,

@@ -97,7 +97,7 @@ def test_to_dict_is_the_structured_trace():
     data = trace.to_dict()
     json.dumps(data)  # plain JSON
     assert data["usage"] == {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52,
-                             "reasoning_tokens": 4, "cached_tokens": 8}
+                             "reasoning_tokens": 4, "cached_tokens": 8, "cache_write_tokens": 0}
     assert data["cost"] == pytest.approx(0.003) and data["cost_complete"] is True and data["degraded"] is True
     assert data["failed_members"] == ["proposer b"] and data["dropped_members"] == ["proposer c"]
     assert data["details"] == {"scores": {"A": 1}}  # text details are rendered in the text only
