@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -42,7 +41,7 @@ QWEN_LINEUP = [
 ]
 
 
-def cerebras_key() -> Optional[str]:
+def cerebras_key() -> str | None:
     """composite_llm_research's rule: CEREBRAS_API_KEY, or LITELLM_API_KEY mapped to Cerebras."""
     key = os.environ.get("CEREBRAS_API_KEY") or os.environ.get("LITELLM_API_KEY")
     if key and not os.environ.get("CEREBRAS_API_KEY"):
@@ -63,7 +62,7 @@ def offline_lineup() -> list[tuple[str, str]]:
     return lineup
 
 
-def run_one(label: str, model: str, task: str, *, max_tokens: Optional[int], quiet: bool):
+def run_one(label: str, model: str, task: str, *, max_tokens: int | None, quiet: bool):
     """Stream one model's answer to the terminal and return its Outcome for the summary."""
     import litellm
 
@@ -102,7 +101,7 @@ def run_one(label: str, model: str, task: str, *, max_tokens: Optional[int], qui
                    float(cost) if cost is not None else None, label=label)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"the question (default: {DEFAULT_TASK!r})")
     parser.add_argument("--offline", action="store_true", help="use local models even when keys are set")

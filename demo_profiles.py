@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -31,7 +31,7 @@ def _env_refs(value: Any) -> set[str]:
     return set()
 
 
-def why_not_runnable(profile: Any, ready_local: set[str]) -> Optional[str]:
+def why_not_runnable(profile: Any, ready_local: set[str]) -> str | None:
     """None when the profile can run here, else the reason it cannot."""
     from composite_llm.profiles import iter_nodes
 
@@ -54,7 +54,7 @@ def why_not_runnable(profile: Any, ready_local: set[str]) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default=DEFAULT_TASK)
     parser.add_argument("--only", help="comma-separated profile names")

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOG", "ERROR")
@@ -129,8 +129,8 @@ class Backend:
         if mode not in ("process", "thread"):
             raise ValueError("mode must be 'process' or 'thread'")
         self.spec, self.mode = spec, mode
-        self.process: Optional[subprocess.Popen] = None
-        self.server: Optional[BenchServer] = None
+        self.process: subprocess.Popen | None = None
+        self.server: BenchServer | None = None
         self.port = 0
 
     @property
@@ -325,7 +325,7 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def machine_lines(info: Optional[dict[str, str]] = None) -> list[str]:
+def machine_lines(info: dict[str, str] | None = None) -> list[str]:
     info = info or machine_info()
     return [f"- {key}: {value}" for key, value in info.items()]
 
@@ -359,8 +359,8 @@ def section_header(title: str, started_load: str, extra: Sequence[str] = ()) -> 
             f"({cpu_model()}); load average at start {started_load}, at end {load_average()}._", "", *extra]
 
 
-def standard_args(description: str, argv: Optional[Sequence[str]] = None,
-                  extra: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.Namespace:
+def standard_args(description: str, argv: Sequence[str] | None = None,
+                  extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, numbers not meaningful")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write benchmarks/results/")
@@ -376,7 +376,7 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- the real LiteLLM proxy
-def litellm_cli() -> Optional[str]:
+def litellm_cli() -> str | None:
     import shutil
 
     for candidate in (ROOT / ".venv" / "bin" / "litellm", Path(sys.executable).parent / "litellm"):
@@ -395,7 +395,7 @@ class ProxyProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.master_key = "sk-bench-" + secrets.token_urlsafe(16)
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.log = workdir / "proxy.log"
         self.boot_s = float("nan")
 

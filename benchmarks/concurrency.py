@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,7 +46,7 @@ def _blocks(texts: Sequence[str]) -> str:
     return "\n\n".join(f"### Response {chr(65 + i)}\n{t}" for i, t in enumerate(texts))
 
 
-def make_variants(base_url: str) -> dict[str, tuple[Callable[[str], Awaitable[Any]], Optional[int]]]:
+def make_variants(base_url: str) -> dict[str, tuple[Callable[[str], Awaitable[Any]], int | None]]:
     """name -> (one request, engine concurrency limit to set before running it or None)."""
     kw = C.leaf_kwargs(base_url)
 
@@ -207,7 +207,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: Any) -> None:
         parser.add_argument("--levels", default=None, help="comma-separated in-flight levels")
 

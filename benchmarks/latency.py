@@ -22,7 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,7 +41,7 @@ AGG_SYSTEM = ("Several assistants have answered the most recent user message. Th
 REVIEW_SYSTEM = "You are a careful reviewer. Evaluate the responses; end with FINAL RANKING."
 CHAIR_SYSTEM = "You chair a council. Answers:\n{responses}\n\nReviews:\n{reviews}"
 
-Timing = tuple[float, Optional[float]]  # (total seconds, seconds to first content token or None)
+Timing = tuple[float, float | None]  # (total seconds, seconds to first content token or None)
 
 
 def _blocks(texts: Sequence[str]) -> str:
@@ -405,7 +405,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: Any) -> None:
         parser.add_argument("--reps", type=int, default=None)
         parser.add_argument("--modes", default=",".join(MODES))

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,7 +69,7 @@ class _Direct:
         self.kwargs = generation_kwargs({"max_tokens": max_tokens, "temperature": 0, "seed": SEED}, spec.stop)
         self.run(max_tokens=4)  # warm-up
 
-    def run(self, max_tokens: Optional[int] = None) -> tuple[int, float]:
+    def run(self, max_tokens: int | None = None) -> tuple[int, float]:
         kwargs = dict(self.kwargs, **({"max_tokens": max_tokens} if max_tokens else {}))
         t = time.perf_counter()
         out = self.llama.create_chat_completion(messages=[{"role": "user", "content": PROMPT}], **kwargs)
@@ -148,7 +148,7 @@ def _rate(runs: list[tuple[int, float]]) -> dict[str, float]:
             "max": max(per_run) if per_run else float("nan")}
 
 
-def run_local_tokens(*, models: Optional[Sequence[str]] = None, max_tokens: int = 128, reps: int = 3,
+def run_local_tokens(*, models: Sequence[str] | None = None, max_tokens: int = 128, reps: int = 3,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     ok, why, installed = availability()
     if not ok:
@@ -197,7 +197,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: Any) -> None:
         parser.add_argument("--models", default=None, help="comma-separated catalog names (default: all installed)")
         parser.add_argument("--max-tokens", type=int, default=None)

@@ -26,7 +26,7 @@ import pstats
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -193,7 +193,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: Any) -> None:
         parser.add_argument("--requests", type=int, default=None)
 

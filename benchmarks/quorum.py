@@ -18,7 +18,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -230,7 +230,7 @@ def render(result: dict[str, Any], started_load: str, quick: bool = False) -> st
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: Any) -> None:
         parser.add_argument("--requests", type=int, default=None)
         parser.add_argument("--in-flight", type=int, default=2)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 if not __package__:  # run as a file: the repository root makes the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -288,7 +288,7 @@ def rpm_fleet(shared: bool, requests: int = 20, pace_s: float = 0.5) -> dict[str
             with httpx.Client(timeout=60) as client:
                 from concurrent.futures import ThreadPoolExecutor
 
-                def one(index: int) -> Optional[dict[str, Any]]:
+                def one(index: int) -> dict[str, Any] | None:
                     instance = instances[index % 2]
                     response = client.post(f"{instance.base_url}/v1/chat/completions",
                                             headers={"Authorization": f"Bearer {key}"},
@@ -382,7 +382,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = C.standard_args(__doc__.splitlines()[0], argv, extra=lambda p: (
         p.add_argument("--seconds", type=float, default=15.0),
         p.add_argument("--in-flight", type=int, default=24),

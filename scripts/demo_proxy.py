@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 if not __package__:  # run as a file: the repository root makes `scripts.demo_summary` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,7 +26,7 @@ from scripts.demo_summary import Outcome, summary  # noqa: E402
 DEFAULT_TASK = "How many r's in strawberry?"
 
 
-def _float(value: Any) -> Optional[float]:
+def _float(value: Any) -> float | None:
     try:
         return float(value) if value not in (None, "") else None
     except (TypeError, ValueError):
@@ -43,7 +43,7 @@ def _error_message(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def ask(client: Any, model: str, task: str, *, stream: bool, max_tokens: Optional[int],
+def ask(client: Any, model: str, task: str, *, stream: bool, max_tokens: int | None,
         show_reasoning: bool) -> Outcome:
     messages = [{"role": "user", "content": task}]
     extra = {"max_tokens": max_tokens} if max_tokens else {}
@@ -90,7 +90,7 @@ def _ask_streaming(client: Any, model: str, messages: list, extra: dict, started
                    usage.total_tokens if usage else None, cost)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base-url", default=os.environ.get("LITELLM_BASE_URL", "http://127.0.0.1:4000"),

@@ -7,7 +7,6 @@ the demos, not in the library: printing a demo's table is no job of `composite_l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 RULE = "═" * 70
 
@@ -20,9 +19,9 @@ class Outcome:
     ok: bool
     text: str
     latency_s: float
-    total_tokens: Optional[int] = None
-    cost: Optional[float] = None
-    label: Optional[str] = None
+    total_tokens: int | None = None
+    cost: float | None = None
+    label: str | None = None
 
     @property
     def name(self) -> str:

@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any
 
 import litellm
 import openai
@@ -40,7 +40,7 @@ HYPOTHESIS = settings(max_examples=40, deadline=None, derandomize=True, database
 
 # --------------------------------------------------------------------------- helpers
 class _Outcome:
-    def __init__(self, response: Any = None, error: Optional[BaseException] = None, elapsed: float = 0.0):
+    def __init__(self, response: Any = None, error: BaseException | None = None, elapsed: float = 0.0):
         self.response, self.error, self.elapsed = response, error, elapsed
 
 
@@ -64,8 +64,8 @@ def bounded(fn, *args: Any, limit: float = CALL_LIMIT_S, **kwargs: Any) -> _Outc
     return _Outcome(box.get("response"), box.get("error"), time.monotonic() - started)
 
 
-def assert_clear_litellm_error(error: Optional[BaseException], *, expected: type = openai.APIError,
-                               needle: Optional[str] = None) -> str:
+def assert_clear_litellm_error(error: BaseException | None, *, expected: type = openai.APIError,
+                               needle: str | None = None) -> str:
     """The error is a LiteLLM exception (they derive from openai's) of the expected type with a readable
     message that is not a Python error in disguise. Returns the message."""
     assert error is not None, "expected an exception"

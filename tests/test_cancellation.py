@@ -20,7 +20,7 @@ import pytest
 from starlette.responses import StreamingResponse
 
 from composite_llm import engine
-from conftest import API_KEY, user
+from conftest import user
 
 MOA = "composite/moa/openai/agg"
 PROPOSERS = ["openai/p1", "openai/p2", "openai/p3"]

@@ -32,7 +32,7 @@ import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import yaml
@@ -55,7 +55,7 @@ class Snippet:
     line: int  # 1-based line of the opening fence
     lang: str
     code: str
-    verb: Optional[str]  # "run", "skip" or None (no marker)
+    verb: str | None  # "run", "skip" or None (no marker)
     reason: str
 
     @property
@@ -134,7 +134,7 @@ def docs_env(server, monkeypatch):
     router_members.set_router(None)  # a block may register a LiteLLM Router (README, "Members through a Router")
 
 
-def _run_in_thread(code: Any, namespace: dict[str, Any], limit: float) -> Optional[BaseException]:
+def _run_in_thread(code: Any, namespace: dict[str, Any], limit: float) -> BaseException | None:
     outcome: dict[str, BaseException] = {}
 
     def target() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -9,7 +9,6 @@ import time
 import litellm
 import pytest
 
-from composite_llm.testing import ModelBehavior
 from conftest import API_KEY, cancel_once_sent, user
 
 PROPOSERS = ["openai/p1", "openai/p2", "openai/p3"]

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import litellm
@@ -87,7 +87,7 @@ class ProxyProcess:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.master_key = env["LITELLM_MASTER_KEY"]
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self._ready = False
 
     def start(self) -> "ProxyProcess":

@@ -23,7 +23,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 import pytest
@@ -295,11 +295,11 @@ def test_streamed_composite_is_logged_once_with_the_summed_cost(fleet, fresh):
 # --------------------------------------------------------------------------- the fleet under load
 def _load(fleet: dict[str, FleetProxy], count: int, *, pace_s: float, model: str = "moa_groups",
           targets: tuple[str, ...] = ("a", "b"), workers: int = 6,
-          on_sent: Any = None, failovers: Optional[list[int]] = None) -> list[tuple[str, Optional[httpx.Response]]]:
+          on_sent: Any = None, failovers: list[int] | None = None) -> list[tuple[str, httpx.Response | None]]:
     """`count` requests started `pace_s` apart, round-robin over `targets`; a request whose instance is gone
     (connection refused/reset) is sent to the next instance, as a load balancer would (its index is appended
     to `failovers`)."""
-    results: list[tuple[str, Optional[httpx.Response]]] = [("", None)] * count
+    results: list[tuple[str, httpx.Response | None]] = [("", None)] * count
     lock = threading.Lock()
 
     def one(index: int) -> None:

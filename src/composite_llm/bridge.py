@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, AsyncIterator, Coroutine, Iterator, Optional, TypeVar
+from typing import Any, AsyncIterator, Coroutine, Iterator, TypeVar
 
 T = TypeVar("T")
 
-_loop: Optional[asyncio.AbstractEventLoop] = None
+_loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
 
 

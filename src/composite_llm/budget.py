@@ -10,14 +10,14 @@ one that cannot be resolved counts as one call, and the engine's run-time count 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .errors import CompositeConfigError
 from .schema import DEFAULT_MAX_SUB_CALLS, NodeConfig
 from .strategies.base import Strategy, Topology
 
 # A composite node resolved to what it runs, or None when that is not knowable before the call.
-Resolver = Callable[[NodeConfig], Optional[tuple[Strategy[Any], Topology]]]
+Resolver = Callable[[NodeConfig], tuple[Strategy[Any], Topology] | None]
 
 # strategy name -> count of one topology, given a counter for a single node
 Counter = Callable[[Any, Callable[[NodeConfig], int]], int]
@@ -87,7 +87,7 @@ def nested_resolver(snapshot: Callable[[], Any]) -> Resolver:
 
     taken: list[Any] = []
 
-    def resolve(node: NodeConfig) -> Optional[tuple[Strategy[Any], Topology]]:
+    def resolve(node: NodeConfig) -> tuple[Strategy[Any], Topology] | None:
         try:
             target = parse_model_string(node.model)
             if target.profile is not None:

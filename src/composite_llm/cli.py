@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 __all__ = ["COMMANDS", "COMMAND_MODULES", "Subcommand", "build_parser", "main", "register_command",
            "register_command_module"]
@@ -37,7 +37,7 @@ class Subcommand:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
-    description: Optional[str] = None
+    description: str | None = None
     passthrough: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    command: Optional[Subcommand] = getattr(args, "_command", None)
+    command: Subcommand | None = getattr(args, "_command", None)
     if command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -100,7 +100,7 @@ class ProxyStartError(Exception):
     """A problem found before starting the proxy; the message says how to fix it."""
 
 
-def load_env_file(path: Path, environ: Optional[dict[str, str]] = None) -> list[str]:
+def load_env_file(path: Path, environ: dict[str, str] | None = None) -> list[str]:
     """Read `KEY=value` lines (optionally `export KEY=value`, quoted values, # comments) into `environ`.
 
     Variables already set win over the file, as with docker compose and python-dotenv. Returns the names
@@ -129,7 +129,7 @@ def load_env_file(path: Path, environ: Optional[dict[str, str]] = None) -> list[
     return loaded
 
 
-def find_proxy_config(explicit: Optional[str], cwd: Path) -> Path:
+def find_proxy_config(explicit: str | None, cwd: Path) -> Path:
     """--config, else ./litellm_proxy.yaml, else ./litellm_proxy.example.yaml."""
     if explicit:
         path = Path(explicit).expanduser()

@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import litellm
 
@@ -76,7 +76,7 @@ class MemberResult:
     record: SubCallRecord
     text: str = ""
     message: Any = None
-    finish_reason: Optional[str] = None
+    finish_reason: str | None = None
     response: Any = None
 
     @property
@@ -102,8 +102,8 @@ class StreamPiece:
 
     content: str = ""
     reasoning: str = ""
-    tool_calls: Optional[list[Any]] = None
-    finish_reason: Optional[str] = None
+    tool_calls: list[Any] | None = None
+    finish_reason: str | None = None
 
 
 def resolve_env_refs(value: Any, where: str) -> Any:
@@ -134,13 +134,13 @@ class RunContext:
         shared_params: dict[str, Any],
         final_params: dict[str, Any],
         defaults: dict[str, Any],
-        timeout: Optional[float],
+        timeout: float | None,
         depth: int = 0,
         stack: Sequence[str] = (),
-        progress: Optional[ProgressFn] = None,
+        progress: ProgressFn | None = None,
         where: str = "",
-        max_sub_calls: Optional[int] = None,
-        on_cost: Optional[Callable[[float], None]] = None,
+        max_sub_calls: int | None = None,
+        on_cost: Callable[[float], None] | None = None,
     ) -> None:
         self.trace = trace
         self.providers = providers
@@ -214,7 +214,7 @@ class RunContext:
         return [self.plan(node, role=role, stage=stage) for node in nodes]
 
     # ------------------------------------------------------------------ helpers
-    def remaining(self) -> Optional[float]:
+    def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     @staticmethod
@@ -303,7 +303,7 @@ class RunContext:
         if self.on_cost is not None:
             self.on_cost(self.trace.cost + sum(self._provisional.values()))
 
-    def _sent(self, record: SubCallRecord, call: PlannedCall, messages: list[Any]) -> Optional[float]:
+    def _sent(self, record: SubCallRecord, call: PlannedCall, messages: list[Any]) -> float | None:
         """A leaf call is on the wire: when someone follows the cost (streaming), count its prompt's estimated
         price as spent until it lands. Returns the price of one answer token (None: unpriced)."""
         if self.on_cost is None or call.node.is_composite or id(record) in self._provisional:
@@ -314,7 +314,7 @@ class RunContext:
             self._report_cost()
         return _price(call, UsageTotals(completion_tokens=1))
 
-    def _streamed_token(self, record: SubCallRecord, token_price: Optional[float]) -> None:
+    def _streamed_token(self, record: SubCallRecord, token_price: float | None) -> None:
         if token_price and id(record) in self._provisional:
             self._provisional[id(record)] += token_price
             self._report_cost()
@@ -330,7 +330,7 @@ class RunContext:
                              started_s=time.monotonic() - self.trace.started)
 
     @staticmethod
-    def _retry_after(exc: BaseException) -> Optional[float]:
+    def _retry_after(exc: BaseException) -> float | None:
         """The upstream's Retry-After in seconds, if it sent one."""
         # LiteLLM keeps the upstream's headers in `litellm_response_headers` (its `response.headers` is empty).
         headers = (getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
@@ -430,7 +430,7 @@ class RunContext:
             # would reach the client as a clean, empty "success"; its fallbacks run instead.
             raise _EmptyAnswer("the model returned no answer" + ("" if choice is not None else " (no choices)"))
 
-    def _cut_by_the_client(self, finish_reason: Optional[str], *, call: PlannedCall) -> bool:
+    def _cut_by_the_client(self, finish_reason: str | None, *, call: PlannedCall) -> bool:
         """True when a `length` finish comes from a token cap the client (or the node) set."""
         caps = ("max_tokens", "max_completion_tokens")
         return finish_reason == "length" and any(k in self.final_params or k in call.params for k in caps)
@@ -442,7 +442,7 @@ class RunContext:
         *,
         settings: FanOutSettings,
         stage: str,
-        quorum: Optional[int] = None,
+        quorum: int | None = None,
     ) -> StageResult:
         """Run calls in parallel; proceed per quorum/grace/deadline; cancel stragglers; raise when
         fewer than `quorum` members answered (with every member's error, redacted)."""
@@ -454,7 +454,7 @@ class RunContext:
         # the final stage's reserve is left (before that point it waits as usual).
         planned_end = self._planned_stage_end(settings)
         planned_end = None if planned_end is None else loop.time() + planned_end
-        grace_end: Optional[float] = None
+        grace_end: float | None = None
         pending = set(tasks)
         answered = 0
         cut_for_deadline = False
@@ -518,7 +518,7 @@ class RunContext:
         configured = self.final_calls[0].node.timeout_s
         return min(reserve, configured) if configured else reserve
 
-    def _planned_stage_end(self, settings: FanOutSettings) -> Optional[float]:
+    def _planned_stage_end(self, settings: FanOutSettings) -> float | None:
         """Seconds from now until a fan-out should stop waiting for stragglers (None: no request deadline)."""
         remaining = self.remaining()
         if remaining is None:
@@ -586,7 +586,7 @@ class RunContext:
                             stream = await self._acompletion_for(call)(
                                 **kwargs, timeout=self._configured_timeout(call, settings))
                     text_parts: list[str] = []
-                    finish_reason: Optional[str] = None
+                    finish_reason: str | None = None
                     saw_tool_calls = False
                     iterator = stream.__aiter__()
                     while True:
@@ -674,7 +674,7 @@ class _BrokenStream(Exception):
     """A streamed final stage ended without a finish_reason: the answer was cut off."""
 
 
-def _upstream_finish(stream: Any, seen: Optional[str]) -> Optional[str]:
+def _upstream_finish(stream: Any, seen: str | None) -> str | None:
     """The finish_reason the upstream itself sent. LiteLLM's stream wrapper ends a stream that had none with
     a synthetic "stop", which would pass a cut-off answer as complete; it keeps the real one apart."""
     if _is_router_stream(stream):
@@ -692,7 +692,7 @@ def _is_router_stream(stream: Any) -> bool:
     return wrapper is not None and isinstance(stream, wrapper)
 
 
-def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
+def _piece_from_chunk(chunk: Any) -> StreamPiece | None:
     choices = getattr(chunk, "choices", None) or []
     if not choices:
         return None
@@ -707,7 +707,7 @@ def _piece_from_chunk(chunk: Any) -> Optional[StreamPiece]:
     return StreamPiece(content=content, reasoning=reasoning, tool_calls=tool_calls or None, finish_reason=finish)
 
 
-def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotals, Optional[float]]:
+def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotals, float | None]:
     """Prompt tokens and their price for a call that was sent but never answered (LiteLLM's tokenizer and
     price map, or the node's own `input_cost_per_token`)."""
     size = sum(len(str(m.get("content") or "")) if isinstance(m, dict) else len(str(m)) for m in messages)
@@ -721,7 +721,7 @@ def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotal
     return usage, _price(call, usage)
 
 
-def _price(call: PlannedCall, usage: UsageTotals) -> Optional[float]:
+def _price(call: PlannedCall, usage: UsageTotals) -> float | None:
     """What `usage` costs on this node: its own per-token prices, else LiteLLM's price map (None: unpriced)."""
     if call.price:
         return priced_cost(usage, call.price)
@@ -734,7 +734,7 @@ def _price(call: PlannedCall, usage: UsageTotals) -> Optional[float]:
 
 
 def _stream_accounting(chunks: list[Any], messages: list[Any],
-                       price: Optional[dict[str, float]] = None) -> tuple[UsageTotals, Optional[float]]:
+                       price: dict[str, float] | None = None) -> tuple[UsageTotals, float | None]:
     """Usage and cost of a streamed sub-call, from the provider's usage chunk (or LiteLLM's rebuild); a
     node's own price, when it has one, is applied to that usage."""
     if price:

@@ -15,7 +15,6 @@ no sub-call succeeded: nothing was paid, and the client may retry after `Retry-A
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import litellm
 
@@ -44,7 +43,7 @@ def is_refused_upstream(exc: BaseException) -> bool:
 
 
 def rate_limited(message: str, model: str = "", *, client_may_retry: bool = False,
-                 retry_after: Optional[float] = None) -> litellm.RateLimitError:
+                 retry_after: float | None = None) -> litellm.RateLimitError:
     """A 429. `client_may_retry`: nothing was paid in this request, so a client retry (after `retry_after`
     seconds, the longest Retry-After the upstreams asked for) costs nothing but rate-limited attempts."""
     exc = litellm.RateLimitError(message=message, llm_provider=PROVIDER, model=model)

@@ -11,18 +11,18 @@ import collections
 import os
 import weakref
 from contextvars import ContextVar
-from typing import Any, Optional
+from typing import Any
 
 from .errors import CompositeConfigError
 
 # --------------------------------------------------------------------------- concurrency limit
 _DEFAULT_MAX_CONCURRENCY = int(os.environ.get("COMPOSITE_LLM_MAX_CONCURRENCY", "256"))
 _max_concurrency = _DEFAULT_MAX_CONCURRENCY
-_per_request: Optional[int] = None
+_per_request: int | None = None
 _limiters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairLimiter]" = weakref.WeakKeyDictionary()
 
 
-def set_max_concurrency(limit: int, per_request: Optional[int] = None) -> None:
+def set_max_concurrency(limit: int, per_request: int | None = None) -> None:
     """Cap the leaf sub-calls in flight per event loop (per process for the usual single loop), and those
     of one request (default: three quarters of the limit, so one request never holds every slot)."""
     global _max_concurrency, _per_request
@@ -159,10 +159,10 @@ class SubCallBudget:
         self.used += 1
 
 
-_BUDGET: ContextVar[Optional[SubCallBudget]] = ContextVar("composite_llm_budget", default=None)
+_BUDGET: ContextVar[SubCallBudget | None] = ContextVar("composite_llm_budget", default=None)
 
 
-def current_budget() -> Optional[SubCallBudget]:
+def current_budget() -> SubCallBudget | None:
     """The budget of the request this code runs inside (None at top level)."""
     return _BUDGET.get()
 
@@ -170,7 +170,7 @@ def current_budget() -> Optional[SubCallBudget]:
 class BudgetScope:
     """Makes `budget` the current one while a nested composite call runs in this task."""
 
-    def __init__(self, budget: Optional[SubCallBudget]) -> None:
+    def __init__(self, budget: SubCallBudget | None) -> None:
         self.budget = budget
         self.token: Any = None
 
@@ -190,7 +190,7 @@ _LATENCY: dict[str, float] = {}
 _LATENCY_WEIGHT = 0.3
 
 
-def observed_latency(model: str) -> Optional[float]:
+def observed_latency(model: str) -> float | None:
     return _LATENCY.get(model)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Iterator, Optional, Union
+from typing import Any, AsyncIterator, Iterator
 
 from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelResponseStream
@@ -25,7 +25,7 @@ from .timeouts import timeout_seconds
 from .trace import Trace
 
 PROVIDER_NAME = "composite"
-Chunk = Union[ModelResponseStream, GenericStreamingChunk]
+Chunk = ModelResponseStream | GenericStreamingChunk
 
 
 def _build(model: str, messages: Any, api_base: Any, api_key: Any, optional_params: Any, litellm_params: Any,
@@ -46,7 +46,7 @@ class CompositeProvider(CustomLLM):
     """LiteLLM custom provider for `composite/...` model strings."""
 
     # ------------------------------------------------------------------ non-streaming
-    async def acompletion(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+    async def acompletion(self, model: str, messages: list, api_base: str | None, custom_prompt_dict: dict,
                           model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
                           logging_obj: Any, optional_params: dict, acompletion: Any = None,
                           litellm_params: Any = None, logger_fn: Any = None, headers: Any = None,
@@ -61,7 +61,7 @@ class CompositeProvider(CustomLLM):
             raise errors.for_client(exc)
         return fill_model_response(model_response, result, request.display_model)
 
-    def completion(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+    def completion(self, model: str, messages: list, api_base: str | None, custom_prompt_dict: dict,
                    model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
                    logging_obj: Any, optional_params: dict, acompletion: Any = None, litellm_params: Any = None,
                    logger_fn: Any = None, headers: Any = None, timeout: Any = None, client: Any = None) -> ModelResponse:
@@ -70,7 +70,7 @@ class CompositeProvider(CustomLLM):
                                          acompletion, litellm_params, logger_fn, headers, timeout, client))
 
     # ------------------------------------------------------------------ streaming
-    async def astreaming(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+    async def astreaming(self, model: str, messages: list, api_base: str | None, custom_prompt_dict: dict,
                          model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
                          logging_obj: Any, optional_params: dict, acompletion: Any = None,
                          litellm_params: Any = None, logger_fn: Any = None, headers: Any = None,
@@ -108,7 +108,7 @@ class CompositeProvider(CustomLLM):
         except Exception as exc:  # noqa: BLE001
             raise errors.for_client(exc)
 
-    def streaming(self, model: str, messages: list, api_base: Optional[str], custom_prompt_dict: dict,
+    def streaming(self, model: str, messages: list, api_base: str | None, custom_prompt_dict: dict,
                   model_response: ModelResponse, print_verbose: Any, encoding: Any, api_key: Any,
                   logging_obj: Any, optional_params: dict, acompletion: Any = None, litellm_params: Any = None,
                   logger_fn: Any = None, headers: Any = None, timeout: Any = None, client: Any = None) -> Iterator[Chunk]:
@@ -120,7 +120,7 @@ class CompositeProvider(CustomLLM):
 COMPOSITE_PROVIDER = CompositeProvider()
 
 
-def register_composite_provider(profiles: Optional[ProfileSource] = None, router: Any = None) -> CompositeProvider:
+def register_composite_provider(profiles: ProfileSource | None = None, router: Any = None) -> CompositeProvider:
     """Make `composite/...` models callable through LiteLLM. Idempotent; keeps other custom providers.
 
     `profiles`: a YAML file, a folder of them or a dict document, searched before

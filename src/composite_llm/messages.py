@@ -7,7 +7,7 @@ Composite prompts are merged into the conversation without breaking it: one syst
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 # What a composite answer carries besides its content (the trace of the last turn: `reasoning_content`,
 # `provider_specific_fields`) and reasoning blocks of any model. Clients commonly append the whole
@@ -129,7 +129,7 @@ def with_system_prompt(messages: list[Any], prompt: str) -> list[dict[str, Any]]
     return [{"role": "system", "content": prompt}, *result]
 
 
-def with_instruction(messages: list[Any], instruction: Optional[str]) -> list[Any]:
+def with_instruction(messages: list[Any], instruction: str | None) -> list[Any]:
     """`messages` with `instruction` appended to the last user message as a new paragraph (a text part for
     list content); the list and the user's dicts are not mutated. A node's `instruction` and the eval's
     chain-of-thought baselines both go through this, so a profile and its baseline send the same prompt."""

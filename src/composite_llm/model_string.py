@@ -12,7 +12,6 @@ LiteLLM hands the provider the model with `composite/` already removed, so both 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .errors import CompositeConfigError
 
@@ -29,10 +28,10 @@ class ModelTarget:
     """What a model string asks for: a profile by name, or a strategy with its final-stage model."""
 
     raw: str
-    profile: Optional[str] = None
-    strategy: Optional[str] = None
-    final_model: Optional[str] = None
-    cli_spec: Optional[str] = None
+    profile: str | None = None
+    strategy: str | None = None
+    final_model: str | None = None
+    cli_spec: str | None = None
 
     @property
     def display_name(self) -> str:

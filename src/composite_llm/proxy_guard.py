@@ -15,7 +15,7 @@ checks for composite models).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
@@ -23,7 +23,7 @@ from litellm.integrations.custom_logger import CustomLogger
 CHAT_CALL_TYPES = frozenset({"completion", "acompletion"})
 
 
-def message_shape_problem(messages: Any) -> Optional[str]:
+def message_shape_problem(messages: Any) -> str | None:
     """What is wrong with the shape of `messages`, or None when it is a list of objects."""
     if not isinstance(messages, list):
         return f"messages must be a list of chat message objects, got {type(messages).__name__}"
@@ -38,7 +38,7 @@ class RequestGuard(CustomLogger):
 
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict,
-                                  call_type: Any) -> Optional[dict]:
+                                  call_type: Any) -> dict | None:
         if str(call_type) in CHAT_CALL_TYPES and isinstance(data, dict) and "messages" in data:
             problem = message_shape_problem(data["messages"])
             if problem is not None:

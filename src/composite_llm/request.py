@@ -17,7 +17,7 @@ import math
 import sys
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -78,10 +78,10 @@ class CompositeRequest:
     shared_params: dict[str, Any]
     final_params: dict[str, Any]
     defaults: dict[str, Any]
-    timeout: Optional[float]
+    timeout: float | None
     depth: int = 0
     stack: tuple[str, ...] = ()
-    profile: Optional[str] = None
+    profile: str | None = None
     document_settings: DocumentSettings = field(default_factory=DocumentSettings)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     notes: list[str] = field(default_factory=list)
@@ -103,7 +103,7 @@ def _flatten(optional_params: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _client_keys(litellm_params: dict[str, Any]) -> Optional[set[str]]:
+def _client_keys(litellm_params: dict[str, Any]) -> set[str] | None:
     """Keys the proxy client sent in its request body; None when not running behind the proxy."""
     proxy_request = (litellm_params or {}).get("proxy_server_request")
     if not proxy_request:
@@ -124,11 +124,11 @@ def build_request(
     *,
     model: str,
     messages: Any,
-    api_base: Optional[str],
-    api_key: Optional[str],
-    optional_params: Optional[dict[str, Any]],
-    litellm_params: Optional[dict[str, Any]],
-    timeout: Optional[float],
+    api_base: str | None,
+    api_key: str | None,
+    optional_params: dict[str, Any] | None,
+    litellm_params: dict[str, Any] | None,
+    timeout: float | None,
 ) -> CompositeRequest:
     """Validate and resolve a composite request (raises CompositeConfigError with a clear message)."""
     target = parse_model_string(model)
@@ -245,7 +245,7 @@ def input_size(messages: list[dict[str, Any]]) -> int:
     return len(json.dumps(messages, ensure_ascii=False, default=str).encode("utf-8"))
 
 
-def _check_input_size(name: str, messages: list[dict[str, Any]], limit: Optional[int]) -> None:
+def _check_input_size(name: str, messages: list[dict[str, Any]], limit: int | None) -> None:
     """A composite sends the conversation to every member: cap it per request (setting `max_input_bytes`)."""
     if not limit:
         return
@@ -257,7 +257,7 @@ def _check_input_size(name: str, messages: list[dict[str, Any]], limit: Optional
             "document / general_settings.composite_llm")
 
 
-def _proxy_callable_names(profiles: list[str]) -> Optional[list[str]]:
+def _proxy_callable_names(profiles: list[str]) -> list[str] | None:
     """The composite model names a proxy client can call: public names of composite deployments (plus
     `composite/profile/<name>` for every profile when a wildcard deployment serves them). None when the
     proxy's router cannot be read."""
@@ -281,7 +281,7 @@ def _proxy_callable_names(profiles: list[str]) -> Optional[list[str]]:
     return sorted(names)
 
 
-def _topology(target: ModelTarget, strategy: Strategy[Any], profile: Optional[LoadedProfile], inline: dict[str, Any]
+def _topology(target: ModelTarget, strategy: Strategy[Any], profile: LoadedProfile | None, inline: dict[str, Any]
               ) -> Topology:
     """The validated topology: the profile's (with inline overrides) or one built from inline params."""
     if profile is not None:

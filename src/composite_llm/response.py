@@ -9,7 +9,7 @@ tracking (callbacks, the proxy's cost header and spend logs) reads it.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from litellm.types.utils import (
     ChatCompletionMessageToolCall,
@@ -28,7 +28,7 @@ from .trace import Trace
 PROVIDER_FIELD = "composite"
 
 
-def _tool_calls(message: Any) -> Optional[list[Any]]:
+def _tool_calls(message: Any) -> list[Any] | None:
     calls = getattr(message, "tool_calls", None) if message is not None else None
     if not calls:
         return None
@@ -65,10 +65,10 @@ class StreamChunker:
         self.model_name = model_name
         self.id = f"chatcmpl-composite-{request_id}"
         self.created = int(time.time())
-        self.finish_reason: Optional[str] = None
+        self.finish_reason: str | None = None
         self.saw_tool_calls = False
 
-    def piece(self, piece: StreamPiece) -> Optional[ModelResponseStream]:
+    def piece(self, piece: StreamPiece) -> ModelResponseStream | None:
         if piece.finish_reason:
             self.finish_reason = piece.finish_reason
         if piece.tool_calls:

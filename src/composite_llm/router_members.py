@@ -25,7 +25,7 @@ import sys
 import threading
 import uuid
 import weakref
-from typing import Any, Awaitable, Callable, Iterable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 from .errors import CompositeConfigError
 
@@ -99,7 +99,7 @@ def _groups_text(groups: Sequence[str]) -> str:
     return ", ".join(groups) or "none"
 
 
-def unknown_group_problem(router: Any, group: str) -> Optional[str]:
+def unknown_group_problem(router: Any, group: str) -> str | None:
     groups = known_groups(router)
     if group in groups:
         return None

@@ -8,7 +8,7 @@ error that names the field instead of a setting silently ignored.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,12 +37,12 @@ class NodeConfig(StrictModel):
     """
 
     model: str = Field(min_length=1)
-    provider: Optional[str] = None
+    provider: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    name: Optional[str] = Field(default=None, description="label shown in traces instead of the model")
-    timeout_s: Optional[float] = Field(default=None, gt=0)
+    name: str | None = Field(default=None, description="label shown in traces instead of the model")
+    timeout_s: float | None = Field(default=None, gt=0)
     fallbacks: list["NodeConfig"] = Field(default_factory=list)
-    instruction: Optional[str] = Field(
+    instruction: str | None = Field(
         default=None, min_length=1,
         description="text appended to the last user message of this node's calls (e.g. a reasoning instruction)")
 
@@ -89,12 +89,12 @@ class FanOutSettings(StrictModel):
     """
 
     quorum: int = Field(default=1, ge=1)
-    grace_s: Optional[float] = Field(default=None, ge=0)
-    deadline_s: Optional[float] = Field(default=None, gt=0)
-    member_timeout_s: Optional[float] = Field(default=None, gt=0)
+    grace_s: float | None = Field(default=None, ge=0)
+    deadline_s: float | None = Field(default=None, gt=0)
+    member_timeout_s: float | None = Field(default=None, gt=0)
     retries: int = Field(default=1, ge=0, le=5)
     member_tools: bool = False
-    final_reserve_s: Optional[float] = Field(default=None, ge=0)
+    final_reserve_s: float | None = Field(default=None, ge=0)
     max_sub_calls: int = Field(default=DEFAULT_MAX_SUB_CALLS, ge=1)
 
 
@@ -105,17 +105,17 @@ class SampledNodes(StrictModel):
 
     model: str = Field(min_length=1)
     samples: int = Field(ge=1, le=64)
-    temperature: Optional[float] = Field(default=None, ge=0)
-    temperatures: Optional[list[float]] = None
-    provider: Optional[str] = None
+    temperature: float | None = Field(default=None, ge=0)
+    temperatures: list[float] | None = None
+    provider: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    name: Optional[str] = None
-    timeout_s: Optional[float] = Field(default=None, gt=0)
-    instruction: Optional[str] = Field(default=None, min_length=1)
+    name: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    instruction: str | None = Field(default=None, min_length=1)
 
     @classmethod
-    def of(cls, node: NodeConfig, *, samples: int, temperature: Optional[float] = None,
-           temperatures: Optional[list[float]] = None) -> "SampledNodes":
+    def of(cls, node: NodeConfig, *, samples: int, temperature: float | None = None,
+           temperatures: list[float] | None = None) -> "SampledNodes":
         """The short form for `node` sampled `samples` times (its provider, params, name, timeout and
         instruction kept); the strategies with a `model` + `samples` topology expand through this."""
         return cls(model=node.model, samples=samples, temperature=temperature, temperatures=temperatures,

@@ -11,7 +11,7 @@ import asyncio
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable
 
 from .budget import check_budget, max_sub_calls_of, nested_resolver
 from .engine import MemberResult, RunContext, StreamPiece, current_budget
@@ -32,7 +32,7 @@ class CompositeResult:
 
 
 def _context(request: CompositeRequest, trace: Trace, progress: Any = None,
-             on_cost: Optional[Callable[[float], None]] = None) -> RunContext:
+             on_cost: Callable[[float], None] | None = None) -> RunContext:
     return RunContext(
         trace=trace,
         providers=request.providers,
@@ -56,7 +56,7 @@ def _check_size(request: CompositeRequest) -> None:
         check_budget(request.strategy, request.topology, request.display_model, nested_resolver(REGISTRY.snapshot))
 
 
-def _finish(request: CompositeRequest, trace: Trace, error: Optional[BaseException] = None) -> None:
+def _finish(request: CompositeRequest, trace: Trace, error: BaseException | None = None) -> None:
     trace.finished = time.monotonic()
     write_trace(trace, request.document_settings, error=redact(str(error)) if error else None)
 
@@ -82,7 +82,7 @@ async def run(request: CompositeRequest) -> CompositeResult:
     return result
 
 
-async def stream(request: CompositeRequest, on_cost: Optional[Callable[[float], None]] = None
+async def stream(request: CompositeRequest, on_cost: Callable[[float], None] | None = None
                  ) -> AsyncIterator[StreamPiece | Trace]:
     """Progress (reasoning) pieces, then the final stage's pieces, then the finished Trace last.
     `on_cost` hears the cost so far whenever it grows, and the full cost of what ran if the client leaves."""

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -62,22 +62,22 @@ class ModelBehavior:
         "[DONE]" yourself), e.g. a stream without a finish_reason or with garbage lines.
     """
 
-    reply: Union[str, ReplyFn, None] = None
+    reply: str | ReplyFn | None = None
     latency_s: float = 0.0
-    fail_status: Optional[int] = None
-    fail_times: Optional[int] = None
+    fail_status: int | None = None
+    fail_times: int | None = None
     fail_message: str = "simulated failure"
-    retry_after: Optional[str] = None
+    retry_after: str | None = None
     hang: bool = False
     garbage: bool = False
-    stall_after_chunks: Optional[int] = None
+    stall_after_chunks: int | None = None
     chunk_delay_s: float = 0.0
-    tool_calls: Optional[list[dict[str, Any]]] = None
+    tool_calls: list[dict[str, Any]] | None = None
     reasoning_tokens: int = 0
     cached_tokens: int = 0
-    finish_reason: Optional[str] = None
-    raw_body: Optional[str] = None
-    raw_stream: Optional[list[str]] = None
+    finish_reason: str | None = None
+    raw_body: str | None = None
+    raw_stream: list[str] | None = None
 
 
 @dataclass
@@ -88,7 +88,7 @@ class RecordedRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     started: float
-    finished: Optional[float] = None
+    finished: float | None = None
     status: int = 200
     chunks_sent: int = 0
     disconnected: bool = False  # the client closed the connection before the answer was complete
@@ -130,7 +130,7 @@ class _ModelState:
 class FakeOpenAIServer:
     """OpenAI-compatible `/v1/chat/completions` and `/v1/models` on 127.0.0.1, in a background thread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, default: Optional[ModelBehavior] = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, default: ModelBehavior | None = None) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fake server binds loopback only")
         self._host = host
@@ -139,23 +139,23 @@ class FakeOpenAIServer:
         self._models: dict[str, _ModelState] = {}
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
-        self._runner: Optional[web.AppRunner] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
-        self._start_error: Optional[BaseException] = None
+        self._start_error: BaseException | None = None
         self._in_flight = 0
         self.max_in_flight = 0
 
     # ----------------------------------------------------------------- configuration
-    def set_model(self, name: str, behavior: Optional[ModelBehavior] = None, **fields: Any) -> ModelBehavior:
+    def set_model(self, name: str, behavior: ModelBehavior | None = None, **fields: Any) -> ModelBehavior:
         """Script the behaviour of one model name (keyword fields build a ModelBehavior)."""
         behavior = behavior or ModelBehavior(**fields)
         with self._lock:
             self._models[name] = _ModelState(behavior)
         return behavior
 
-    def set_default(self, behavior: Optional[ModelBehavior] = None, **fields: Any) -> None:
+    def set_default(self, behavior: ModelBehavior | None = None, **fields: Any) -> None:
         with self._lock:
             self._default = behavior or ModelBehavior(**fields)
 
@@ -382,7 +382,7 @@ class FakeOpenAIServer:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
 
-        def frame(delta: dict[str, Any], finish: Optional[str] = None, with_usage: bool = False) -> bytes:
+        def frame(delta: dict[str, Any], finish: str | None = None, with_usage: bool = False) -> bytes:
             payload: dict[str, Any] = {
                 "id": chunk_id,
                 "object": "chat.completion.chunk",

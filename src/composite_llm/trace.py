@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from .redact import Redactor, secret_env_values
 from .usage import UsageTotals
@@ -35,10 +35,10 @@ class SubCallRecord:
     started_s: float = 0.0
     latency_s: float = 0.0
     usage: UsageTotals = field(default_factory=UsageTotals)
-    cost: Optional[float] = None
+    cost: float | None = None
     attempts: int = 1
-    error: Optional[str] = None
-    error_type: Optional[str] = None
+    error: str | None = None
+    error_type: str | None = None
     preview: str = ""
     streamed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +71,7 @@ class Trace:
     request_id: str
     model: str
     strategy: str
-    profile: Optional[str] = None
+    profile: str | None = None
     started: float = field(default_factory=time.monotonic)
     records: list[SubCallRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -79,7 +79,7 @@ class Trace:
     dropped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     show_previews: bool = True
-    finished: Optional[float] = None
+    finished: float | None = None
     # Known secret values of this request (api keys of its nodes and of the request itself).
     secrets: set[str] = field(default_factory=set)
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import time
-from typing import Optional
 
 from .profiles import DocumentSettings
 from .trace import Trace
@@ -20,7 +19,7 @@ TRACE_LOG_ENV = "COMPOSITE_LLM_TRACE_LOG"
 logger = logging.getLogger("composite_llm")
 
 
-def trace_log_path(settings: DocumentSettings) -> Optional[str]:
+def trace_log_path(settings: DocumentSettings) -> str | None:
     env = os.environ.get(TRACE_LOG_ENV)
     if env:
         return env
@@ -31,7 +30,7 @@ def trace_log_path(settings: DocumentSettings) -> Optional[str]:
     return None
 
 
-def write_trace(trace: Trace, settings: DocumentSettings, *, error: Optional[str] = None) -> None:
+def write_trace(trace: Trace, settings: DocumentSettings, *, error: str | None = None) -> None:
     """Append the trace to the configured log; logging problems are reported, never raised."""
     path = trace_log_path(settings)
     if not path:

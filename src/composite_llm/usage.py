@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # litellm is imported where a LiteLLM object is built (it takes seconds to import)
     from litellm.types.utils import Usage
@@ -85,7 +85,7 @@ class UsageTotals:
         }
 
 
-def response_cost(response: Any) -> Optional[float]:
+def response_cost(response: Any) -> float | None:
     """The cost LiteLLM computed for a sub-call response, or None when it has no price for the model."""
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost")

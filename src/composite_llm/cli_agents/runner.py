@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO, Union
+from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -186,7 +186,7 @@ class CLIResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-CLIEvent = Union[TextDelta, CLIResult]
+CLIEvent = TextDelta | CLIResult
 
 
 # --- helpers -----------------------------------------------------------------------------------

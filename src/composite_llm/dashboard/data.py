@@ -15,7 +15,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 from ..eval.report import percentile, report_document
 
@@ -25,13 +25,13 @@ INLINE_PROFILE = "(inline)"
 class JsonlFile:
     """A JSONL file kept in memory, re-read when it changes (appends are read incrementally)."""
 
-    def __init__(self, path: Optional[str | os.PathLike], accept: Optional[Callable[[dict[str, Any]], bool]] = None):
+    def __init__(self, path: str | os.PathLike | None, accept: Callable[[dict[str, Any]], bool] | None = None):
         self.path = Path(path).expanduser() if path else None
         self._accept = accept or (lambda row: True)
         self._rows: list[dict[str, Any]] = []
         self._bad = 0
         self._offset = 0
-        self._identity: Optional[tuple[int, int]] = None
+        self._identity: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -94,7 +94,7 @@ def _usage(row: dict[str, Any]) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def _round(value: Optional[float], digits: int = 4) -> Optional[float]:
+def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
@@ -222,7 +222,7 @@ def list_requests(rows: list[dict[str, Any]], *, model: str = "", profile: str =
     }
 
 
-def request_detail(rows: Iterable[dict[str, Any]], request_id: str) -> Optional[dict[str, Any]]:
+def request_detail(rows: Iterable[dict[str, Any]], request_id: str) -> dict[str, Any] | None:
     """The full logged record (the last one with that id), with stages grouped in order."""
     found = None
     for row in rows:
@@ -243,7 +243,7 @@ def _is_eval_row(row: dict[str, Any]) -> bool:
     return "model" in row and "task_id" in row
 
 
-def eval_results_file(path: Optional[str | os.PathLike]) -> Optional[Path]:
+def eval_results_file(path: str | os.PathLike | None) -> Path | None:
     """A results.jsonl, or a folder holding one (an `eval --out` folder)."""
     if not path:
         return None
@@ -253,11 +253,11 @@ def eval_results_file(path: Optional[str | os.PathLike]) -> Optional[Path]:
     return candidate
 
 
-def eval_document(rows: list[dict[str, Any]], summary_path: Optional[Path] = None) -> dict[str, Any]:
+def eval_document(rows: list[dict[str, Any]], summary_path: Path | None = None) -> dict[str, Any]:
     """The eval report (models, task sets) plus per-item outcomes for the grid."""
     from ..eval.runner import latest_results
 
-    order: Optional[list[str]] = None
+    order: list[str] | None = None
     meta: dict[str, Any] = {}
     if summary_path is not None and summary_path.is_file():
         try:

@@ -19,7 +19,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from . import data
@@ -36,7 +36,7 @@ def index_html() -> bytes:
 class DashboardData:
     """The files behind one dashboard."""
 
-    def __init__(self, trace_log: Optional[str] = None, eval_results: Optional[str] = None) -> None:
+    def __init__(self, trace_log: str | None = None, eval_results: str | None = None) -> None:
         self.trace_path = Path(trace_log).expanduser() if trace_log else None
         self.traces = data.JsonlFile(self.trace_path, accept=lambda row: "request_id" in row)
         self.eval_path = data.eval_results_file(eval_results)
@@ -150,7 +150,7 @@ class DashboardServer(ThreadingHTTPServer):
         self.server_close()
 
 
-def create_server(trace_log: Optional[str] = None, eval_results: Optional[str] = None, *, host: str = "127.0.0.1",
+def create_server(trace_log: str | None = None, eval_results: str | None = None, *, host: str = "127.0.0.1",
                   port: int = 0, quiet: bool = True) -> DashboardServer:
     """A server on host:port (port 0 picks a free one); call serve_forever() or start_background()."""
     source = DashboardData(trace_log, eval_results)

@@ -17,7 +17,7 @@ provider bundles are not applied, so a member that needs a bundle's api_base get
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 PREFIX = "composite/"  # composite_llm.model_string.PREFIX (that module imports litellm)
 SELF_MOA_TEMPERATURES = (0.7, 0.8, 0.9)
@@ -37,8 +37,8 @@ class ModelSpec:
     model: str
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     kind: str = "model"  # model | composite | member, self-moa, cot, cot-sc (baselines)
-    baseline_of: Optional[str] = None
-    instruction: Optional[str] = None  # appended to the task's last user message (the CoT baselines)
+    baseline_of: str | None = None
+    instruction: str | None = None  # appended to the task's last user message (the CoT baselines)
 
     @property
     def is_composite(self) -> bool:
@@ -59,7 +59,7 @@ def parse_models(text: str | Sequence[str]) -> list[ModelSpec]:
     return specs
 
 
-def named_baseline(name: str) -> Optional[ModelSpec]:
+def named_baseline(name: str) -> ModelSpec | None:
     """`cot(<model>)`, `cot-sc(<model>)` or `self-moa(<model>)` as a model to compare: the baseline of that
     name, run item by item beside the others (`--baselines` runs them after every member, as a second
     phase, so a stopped run may have none)."""
@@ -120,7 +120,7 @@ def self_moa_candidates(specs: Sequence[ModelSpec]) -> list[str]:
     return [s.model for s in specs if not s.is_composite]
 
 
-def self_moa_spec(best: str, *, of: Optional[str] = None) -> ModelSpec:
+def self_moa_spec(best: str, *, of: str | None = None) -> ModelSpec:
     """Self-MoA of one model: three samples at different temperatures, aggregated by the same model."""
     return ModelSpec(
         label=f"self-moa({best})",
@@ -133,7 +133,7 @@ def self_moa_spec(best: str, *, of: Optional[str] = None) -> ModelSpec:
 
 
 def pick_best(results: Iterable[dict[str, Any]], candidates: Sequence[str],
-              task_ids: Optional[set[str]] = None) -> Optional[str]:
+              task_ids: set[str] | None = None) -> str | None:
     """The candidate (by label) with the highest accuracy on `task_ids`; ties: lower mean latency, then
     the earlier candidate. None when no candidate has results."""
     stats: dict[str, list[float]] = {}
@@ -157,7 +157,7 @@ def pick_best(results: Iterable[dict[str, Any]], candidates: Sequence[str],
     return min(stats, key=key)
 
 
-def cot_specs(best: str, *, of: Optional[str] = None) -> list[ModelSpec]:
+def cot_specs(best: str, *, of: str | None = None) -> list[ModelSpec]:
     """The best member with the strategies' reasoning instruction: one call, and self-consistency of it."""
     return [
         ModelSpec(label=f"cot({best})", model=best, kind="cot", baseline_of=of, instruction=COT_INSTRUCTION),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from math import comb
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 from .runner import latest_results
 
@@ -51,7 +51,7 @@ class PairedResult:
 
 
 def pair(rows: Iterable[dict[str, Any]], model: str, reference: str,
-         task_ids: Optional[set[str]] = None) -> PairedResult:
+         task_ids: set[str] | None = None) -> PairedResult:
     """Wins/losses/ties of `model` against `reference` over the items both have a result for."""
     latest = latest_results(rows)
     mine = {task: row for (name, task), row in latest.items() if name == model}
@@ -63,7 +63,7 @@ def pair(rows: Iterable[dict[str, Any]], model: str, reference: str,
                         ties=len(items) - wins - losses, p_value=exact_sign_test(wins, losses))
 
 
-def best_single(rows: Iterable[dict[str, Any]], order: Optional[Sequence[str]] = None) -> Optional[str]:
+def best_single(rows: Iterable[dict[str, Any]], order: Sequence[str] | None = None) -> str | None:
     """The reference: the most accurate single model (no composite, no added instruction), then the
     fastest, then the first listed."""
     from .report import summarize
@@ -80,7 +80,7 @@ def best_single(rows: Iterable[dict[str, Any]], order: Optional[Sequence[str]] =
 
 
 def paired_against(rows: Iterable[dict[str, Any]], reference: str, models: Sequence[str],
-                   task_ids: Optional[set[str]] = None) -> list[PairedResult]:
+                   task_ids: set[str] | None = None) -> list[PairedResult]:
     rows = list(rows)
     return [pair(rows, model, reference, task_ids) for model in models if model != reference]
 

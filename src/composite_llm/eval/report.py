@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 from .runner import latest_results
 
@@ -33,7 +33,7 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return (low, high)
 
 
-def percentile(values: Sequence[float], q: float) -> Optional[float]:
+def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) with linear interpolation between closest ranks (numpy's default)."""
     if not values:
         return None
@@ -50,15 +50,15 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 class ModelSummary:
     model: str
     kind: str
-    baseline_of: Optional[str]
+    baseline_of: str | None
     n: int
     correct: int
     errors: int
     accuracy: float
     ci_low: float
     ci_high: float
-    latency_mean_s: Optional[float]
-    latency_p95_s: Optional[float]
+    latency_mean_s: float | None
+    latency_p95_s: float | None
     prompt_tokens: int
     completion_tokens: int
     tokens_per_item: float
@@ -66,14 +66,14 @@ class ModelSummary:
     cost_per_item: float
     cost_complete: bool
     judge_cost: float = 0.0
-    escalation_rate: Optional[float] = None  # cascades: share of answered items a later tier answered
+    escalation_rate: float | None = None  # cascades: share of answered items a later tier answered
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarize(rows: Iterable[dict[str, Any]], *, order: Optional[Sequence[str]] = None,
-              task_ids: Optional[set[str]] = None) -> list[ModelSummary]:
+def summarize(rows: Iterable[dict[str, Any]], *, order: Sequence[str] | None = None,
+              task_ids: set[str] | None = None) -> list[ModelSummary]:
     """One summary per model (latest row per (model, task)), in `order` (then first-seen order)."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for (model, task_id), row in latest_results(rows).items():
@@ -122,7 +122,7 @@ def summarize(rows: Iterable[dict[str, Any]], *, order: Optional[Sequence[str]] 
 
 
 def by_task_set(rows: Iterable[dict[str, Any]], *,
-                order: Optional[Sequence[str]] = None) -> dict[str, list[ModelSummary]]:
+                order: Sequence[str] | None = None) -> dict[str, list[ModelSummary]]:
     """Summaries per task set (for the dashboard and the JSON output)."""
     latest = list(latest_results(rows).values())
     sets = list(dict.fromkeys(str(r.get("task_set") or "") for r in latest))
@@ -131,7 +131,7 @@ def by_task_set(rows: Iterable[dict[str, Any]], *,
 
 
 # --------------------------------------------------------------------------- rendering
-def _fmt_latency(value: Optional[float]) -> str:
+def _fmt_latency(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -216,8 +216,8 @@ def results_csv(rows: Iterable[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def report_document(rows: Sequence[dict[str, Any]], *, order: Optional[Sequence[str]] = None,
-                    meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def report_document(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | None = None,
+                    meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything the JSON output (and the dashboard) needs."""
     from .paired import TEST_NAME, best_single, paired_against
 
@@ -232,8 +232,8 @@ def report_document(rows: Sequence[dict[str, Any]], *, order: Optional[Sequence[
     }
 
 
-def write_outputs(out_dir: str | Path, rows: Sequence[dict[str, Any]], *, order: Optional[Sequence[str]] = None,
-                  meta: Optional[dict[str, Any]] = None) -> dict[str, Path]:
+def write_outputs(out_dir: str | Path, rows: Sequence[dict[str, Any]], *, order: Sequence[str] | None = None,
+                  meta: dict[str, Any] | None = None) -> dict[str, Path]:
     """summary.json, summary.csv, results.csv and report.md in `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def write_outputs(out_dir: str | Path, rows: Sequence[dict[str, Any]], *, order:
     return paths
 
 
-def paired_section(rows: Sequence[dict[str, Any]], *, order: Optional[Sequence[str]] = None,
+def paired_section(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | None = None,
                    markdown: bool = False) -> str:
     """Every model against the best single model, item by item (eval/paired.py); "" without a reference."""
     from .paired import best_single, format_paired, paired_against

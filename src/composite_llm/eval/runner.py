@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..messages import with_instruction
 from .baselines import ModelSpec
@@ -36,7 +36,7 @@ class RunOptions:
     concurrency: int = 4
     timeout: float = 600.0
     params: dict[str, Any] = field(default_factory=dict)  # extra kwargs for every call (api_base, temperature)
-    judge: Optional[str] = None
+    judge: str | None = None
     judge_params: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     retry_errors: bool = True
@@ -85,7 +85,7 @@ def append_result(path: str | os.PathLike, row: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- one call
-def _cost_of(response: Any, trace: Optional[dict[str, Any]]) -> Optional[float]:
+def _cost_of(response: Any, trace: dict[str, Any] | None) -> float | None:
     if trace is not None and trace.get("cost") is not None:
         return float(trace["cost"]) if trace.get("cost_complete", True) else None
     hidden = getattr(response, "_hidden_params", None) or {}
@@ -100,7 +100,7 @@ def _cost_of(response: Any, trace: Optional[dict[str, Any]]) -> Optional[float]:
         return None
 
 
-def _trace_summary(trace: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+def _trace_summary(trace: dict[str, Any] | None) -> dict[str, Any] | None:
     if not trace:
         return None
     calls = trace.get("sub_calls") or []
@@ -227,7 +227,7 @@ def plan(models: Sequence[ModelSpec], tasks: Sequence[Task],
 
 
 async def run_eval(models: Sequence[ModelSpec], tasks: Sequence[Task], results_path: str | os.PathLike,
-                   options: RunOptions, *, on_result: Optional[Callable[[dict[str, Any]], None]] = None
+                   options: RunOptions, *, on_result: Callable[[dict[str, Any]], None] | None = None
                    ) -> list[dict[str, Any]]:
     """Run every pending pair, append each result as soon as it is scored, return the new rows."""
     Path(results_path).parent.mkdir(parents=True, exist_ok=True)

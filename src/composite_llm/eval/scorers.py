@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .tasks import Task
 
@@ -52,7 +52,7 @@ _VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b", re.IGNORECASE)
 @dataclass
 class Score:
     correct: bool
-    extracted: Optional[str] = None
+    extracted: str | None = None
     detail: str = ""
     judge: dict[str, Any] = field(default_factory=dict)  # llm_judge: model, verdict text, usage, cost
 
@@ -62,7 +62,7 @@ def strip_reasoning(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- normalization
-def parse_number(text: str) -> Optional[Fraction]:
+def parse_number(text: str) -> Fraction | None:
     """'1,234.5' / '-0.0' / '3/4' / '$12' / '50%' as an exact Fraction; None if not a number."""
     raw = str(text).strip().replace(",", "").replace("\u2212", "-").replace("$", "").rstrip("%").strip()
     try:
@@ -124,7 +124,7 @@ _NUMBER_PHRASE = re.compile(
 _PRONOUN_ONE = re.compile(r"\b(?:no|any|every|each|some|the|this|that|which)\s+one\b", re.IGNORECASE)
 
 
-def _phrase_value(phrase: str) -> Optional[int]:
+def _phrase_value(phrase: str) -> int | None:
     """The value of a number-word phrase ("one hundred and five" -> 105); None if it is not well formed."""
     words = [w for w in re.split(r"[\s-]+", phrase.lower()) if w and w != "and"]
     total, current, last = 0, 0, None
@@ -161,7 +161,7 @@ def number_words_to_digits(text: str) -> str:
     return _NUMBER_PHRASE.sub(replace, protected).replace("\x00", "one")
 
 
-def extract_final_number(answer: str) -> Optional[str]:
+def extract_final_number(answer: str) -> str | None:
     """The answer's final number, as self-consistency and debate read it, number words counted as numbers."""
     from ..strategies.answers import extract_numeric  # imports litellm; only when scoring
 
@@ -189,7 +189,7 @@ SYNC_SCORERS: dict[str, Callable[[Task, str], Score]] = {
 }
 
 
-def parse_verdict(text: str) -> Optional[bool]:
+def parse_verdict(text: str) -> bool | None:
     """CORRECT -> True, INCORRECT -> False, from the judge's last verdict word; None if there is none."""
     after = text.rsplit("VERDICT", 1)[-1] if "VERDICT" in text.upper() else text
     found = _VERDICT.findall(after) or _VERDICT.findall(text)
@@ -198,8 +198,8 @@ def parse_verdict(text: str) -> Optional[bool]:
     return found[-1].upper() == "CORRECT"
 
 
-async def judge_answer(task: Task, answer: str, judge_model: str, *, call_kwargs: Optional[dict[str, Any]] = None,
-                       timeout: Optional[float] = None) -> Score:
+async def judge_answer(task: Task, answer: str, judge_model: str, *, call_kwargs: dict[str, Any] | None = None,
+                       timeout: float | None = None) -> Score:
     """Ask `judge_model` whether `answer` matches the task's expected answer."""
     import litellm
 
@@ -225,8 +225,8 @@ async def judge_answer(task: Task, answer: str, judge_model: str, *, call_kwargs
     return Score(verdict, extracted="CORRECT" if verdict else "INCORRECT", judge=info)
 
 
-async def score_answer(task: Task, answer: str, *, judge_model: Optional[str] = None,
-                       judge_kwargs: Optional[dict[str, Any]] = None, timeout: Optional[float] = None) -> Score:
+async def score_answer(task: Task, answer: str, *, judge_model: str | None = None,
+                       judge_kwargs: dict[str, Any] | None = None, timeout: float | None = None) -> Score:
     """Score one answer with the task's scorer (llm_judge needs `judge_model`)."""
     text = strip_reasoning(answer)
     if task.scorer == "llm_judge":

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 SCORER_NAMES = ("exact", "contains", "regex", "numeric", "llm_judge")
 SCORER_ALIASES = {"llm-judge": "llm_judge", "judge": "llm_judge", "number": "numeric", "includes": "contains"}
@@ -47,11 +47,11 @@ class Task:
     scorer: str = "exact"
     task_set: str = ""
     aliases: tuple[str, ...] = ()
-    pattern: Optional[str] = None
-    tolerance: Optional[float] = None
+    pattern: str | None = None
+    tolerance: float | None = None
     case_sensitive: bool = False
-    system: Optional[str] = None
-    messages_override: Optional[tuple[dict[str, Any], ...]] = None
+    system: str | None = None
+    messages_override: tuple[dict[str, Any], ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def messages(self) -> list[dict[str, Any]]:
@@ -79,7 +79,7 @@ def bundled_task_sets() -> list[str]:
     return sorted(p.name[: -len(".jsonl")] for p in folder.iterdir() if p.name.endswith(".jsonl"))
 
 
-def _bundled_text(name: str) -> Optional[str]:
+def _bundled_text(name: str) -> str | None:
     entry = resources.files("composite_llm.eval") / BUNDLED_FOLDER / f"{name}.jsonl"
     return entry.read_text(encoding="utf-8") if entry.is_file() else None
 
@@ -175,7 +175,7 @@ def load_task_set(spec: str) -> list[Task]:
     return parse_tasks(text, task_set=spec, origin=f"bundled:{spec}")
 
 
-def load_tasks(specs: str | Sequence[str], *, limit: Optional[int] = None) -> list[Task]:
+def load_tasks(specs: str | Sequence[str], *, limit: int | None = None) -> list[Task]:
     """Task sets in order (comma-separated or a list); `limit` keeps the first N tasks of each set.
 
     Task ids must be unique across the sets (results are keyed by (model, task id)).

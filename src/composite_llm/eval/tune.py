@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from .baselines import PREFIX, ModelSpec
 from .paired import pair
@@ -48,7 +48,7 @@ class Candidate:
     """One topology of the search: how to call it inline, and how to write it as a profile."""
 
     label: str
-    strategy: Optional[str]  # None: a single model
+    strategy: str | None  # None: a single model
     model: str               # the model string's model (final stage) or the single model
     inline: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     calls: int = 1           # sub-calls per item, an estimate before any data (upper bound for cascades)
@@ -234,7 +234,7 @@ def pareto_frontier(summaries: Sequence[ModelSummary]) -> list[ModelSummary]:
     return sorted(frontier, key=lambda s: (-s.accuracy, s.tokens_per_item))
 
 
-def choose(frontier: Sequence[ModelSummary], candidates: dict[str, Candidate]) -> Optional[ModelSummary]:
+def choose(frontier: Sequence[ModelSummary], candidates: dict[str, Candidate]) -> ModelSummary | None:
     """The most accurate composite on the frontier (ties: fewer tokens, then lower latency)."""
     composites = [s for s in frontier if candidates[s.model].strategy is not None]
     if not composites:
@@ -249,15 +249,15 @@ class TuneOutcome:
     rounds: int
     items: int
     spent: float
-    budget: Optional[Budget]
+    budget: Budget | None
     stop_reason: str
     survivors: list[Candidate]
     eliminated: list[Elimination]
     summaries: list[ModelSummary]       # survivors on the items they all answered
     frontier: list[ModelSummary]
-    reference: Optional[str]            # the best single model
+    reference: str | None            # the best single model
     paired: dict[str, Any]              # label -> PairedResult against the reference
-    chosen: Optional[ModelSummary]
+    chosen: ModelSummary | None
     task_ids: set[str]
 
 
@@ -282,7 +282,7 @@ ReadRows = Callable[[], list[dict[str, Any]]]
 
 
 async def tune(candidates: Sequence[Candidate], tasks: Sequence[Task], *, run_round: RunRound, read_rows: ReadRows,
-               budget: Optional[Budget] = None, round_size: int = 8, alpha: float = 0.05,
+               budget: Budget | None = None, round_size: int = 8, alpha: float = 0.05,
                log: Callable[[str], None] = lambda line: None) -> TuneOutcome:
     """Race the candidates over `tasks` in rounds (see the module docstring)."""
     if round_size < 1:

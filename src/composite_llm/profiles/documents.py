@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 from pydantic import Field
 
@@ -33,7 +33,7 @@ class UnknownProfileError(CompositeConfigError):
         super().__init__(f"unknown profile {name!r}; known profiles: {', '.join(known) or 'none'} "
                          f"(searched: {searched})")
 
-    def for_proxy_client(self, callable_names: Optional[list[str]]) -> str:
+    def for_proxy_client(self, callable_names: list[str] | None) -> str:
         """The message for a proxy client: only model names it could call, no server paths."""
         if callable_names is None:
             return f"unknown profile {self.name!r} (the proxy's composite configuration does not define it)"
@@ -45,7 +45,7 @@ class ProfileFileError(CompositeConfigError):
     """A profile document that failed to load. `declared` holds the profile names it defines when its YAML
     could be read (so only lookups of those names are affected), None when even that is unknown."""
 
-    def __init__(self, message: str, declared: Optional[frozenset[str]] = None) -> None:
+    def __init__(self, message: str, declared: frozenset[str] | None = None) -> None:
         super().__init__(message)
         self.declared = declared
 
@@ -66,7 +66,7 @@ def capped(message: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 class ProfileSpec(StrictModel):
     strategy: str = Field(min_length=1)
-    description: Optional[str] = None
+    description: str | None = None
     topology: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -81,22 +81,22 @@ class ResearchObservability(StrictModel):
     """composite_llm_research's `observability: {enabled, log_file}` block, read as a trace log setting."""
 
     enabled: bool = False
-    log_file: Optional[str] = None
+    log_file: str | None = None
 
 
 class DocumentSettings(StrictModel):
     """Top-level keys of a profile document besides providers/profiles."""
 
-    profiles_path: Optional[Union[str, list[str]]] = None
+    profiles_path: str | list[str] | None = None
     allow_request_overrides: bool = False
-    trace_log: Optional[TraceLogConfig] = None
-    observability: Optional[ResearchObservability] = None
+    trace_log: TraceLogConfig | None = None
+    observability: ResearchObservability | None = None
     # composite_llm_research mapped strategy names to classes; strategies are registered in code here, so the block
     # is accepted for compatibility and checked to name known strategies only.
-    strategy_registry: Optional[dict[str, str]] = None
+    strategy_registry: dict[str, str] | None = None
     # Cap on the conversation size of one composite request, in bytes of JSON (None: the default,
     # DEFAULT_MAX_INPUT_BYTES; 0: no cap).
-    max_input_bytes: Optional[int] = Field(default=None, ge=0)
+    max_input_bytes: int | None = Field(default=None, ge=0)
 
 
 @dataclass
@@ -108,9 +108,9 @@ class LoadedProfile:
     topology: Topology
     origin: str
     providers: dict[str, ProviderBundle]
-    description: Optional[str] = None
+    description: str | None = None
     # Set when the profile comes from the last good version of a file that has since become invalid.
-    stale: Optional[str] = None
+    stale: str | None = None
 
 
 @dataclass

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import yaml
 
@@ -24,7 +24,7 @@ from .validation import parse_document
 logger = logging.getLogger("composite_llm")
 
 YAML_SUFFIXES = (".yaml", ".yml")
-ProfileSource = Union[str, os.PathLike, dict]
+ProfileSource = str | os.PathLike | dict
 
 
 def read_yaml(path: Path) -> Any:
@@ -63,9 +63,9 @@ def merge_into(target: LoadedSource, other: LoadedSource) -> None:
 @dataclass
 class _CacheEntry:
     key: tuple[int, int]
-    source: Optional[LoadedSource] = None         # what this version serves (maybe the last good, stale)
-    error: Optional[ProfileFileError] = None      # this version's load error, when nothing good came before
-    last_good: Optional[LoadedSource] = None
+    source: LoadedSource | None = None         # what this version serves (maybe the last good, stale)
+    error: ProfileFileError | None = None      # this version's load error, when nothing good came before
+    last_good: LoadedSource | None = None
 
 
 class _FileCache:
@@ -102,7 +102,7 @@ class _FileCache:
         return cached.source
 
     @staticmethod
-    def _parse(path: Path, key: tuple[int, int], last_good: Optional[LoadedSource]) -> _CacheEntry:
+    def _parse(path: Path, key: tuple[int, int], last_good: LoadedSource | None) -> _CacheEntry:
         try:
             data = read_yaml(path)
             if data is None and last_good is not None and last_good.profiles:
@@ -121,7 +121,7 @@ class _FileCache:
 FILES = _FileCache()
 
 
-def load_path(path: Path, *, label: Optional[str] = None) -> LoadedSource:
+def load_path(path: Path, *, label: str | None = None) -> LoadedSource:
     """A file, or every *.yaml/*.yml of a folder merged (sorted, so errors are reproducible)."""
     if path.is_dir():
         merged = LoadedSource(origin=label or str(path))

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from ..errors import CompositeConfigError
 from .documents import (DEFAULT_MAX_INPUT_BYTES, DocumentSettings, LoadedProfile, LoadedSource, ProfileFileError,
@@ -30,7 +30,7 @@ PROFILES_ENV = "COMPOSITE_LLM_PROFILES"
 DEFAULT_PROFILE_DIR = "profiles"
 
 
-def _proxy_block() -> tuple[Any, Optional[Path]]:
+def _proxy_block() -> tuple[Any, Path | None]:
     """The proxy's `general_settings.composite_llm` block, if running inside the LiteLLM proxy.
 
     Read at request time and only when the proxy module is already imported (importing it costs ~5 s).
@@ -82,7 +82,7 @@ def _raw_config_block(path: Path) -> Any:
     return cached[1]
 
 
-def load_proxy_block(block: Any, base_dir: Optional[Path] = None) -> LoadedSource:
+def load_proxy_block(block: Any, base_dir: Path | None = None) -> LoadedSource:
     """The proxy block: inline providers/profiles plus any files named by `profiles_path`."""
     origin = "proxy config general_settings.composite_llm"
     source = parse_document(block, origin)
@@ -104,20 +104,20 @@ class ProfileRegistry:
     """Finds profiles across all sources, in precedence order, with caching."""
 
     def __init__(self) -> None:
-        self._explicit: Optional[ProfileSource] = None
-        self._explicit_dict: Optional[LoadedSource] = None
-        self._proxy_cache: Optional[tuple[Any, Union[LoadedSource, ProfileFileError]]] = None
-        self._proxy_last_good: dict[Optional[Path], LoadedSource] = {}  # per proxy config location
+        self._explicit: ProfileSource | None = None
+        self._explicit_dict: LoadedSource | None = None
+        self._proxy_cache: tuple[Any, LoadedSource | ProfileFileError] | None = None
+        self._proxy_last_good: dict[Path | None, LoadedSource] = {}  # per proxy config location
         self._lock = threading.Lock()
 
-    def set_explicit(self, source: Optional[ProfileSource]) -> None:
+    def set_explicit(self, source: ProfileSource | None) -> None:
         """Use `source` first (validated now, so a bad file fails at registration)."""
         loaded = load_profiles(source) if source is not None else None
         with self._lock:
             self._explicit = source
             self._explicit_dict = loaded if isinstance(source, dict) else None
 
-    def sources(self) -> list[Union[LoadedSource, CompositeConfigError]]:
+    def sources(self) -> list[LoadedSource | CompositeConfigError]:
         """Every source in precedence order; one that fails to load is kept as its error, so a broken
         low-precedence source (say ./profiles/) does not break profiles found before it."""
         loaders: list[Any] = []
@@ -136,7 +136,7 @@ class ProfileRegistry:
         local = Path.cwd() / DEFAULT_PROFILE_DIR
         if local.is_dir():
             loaders.append(lambda: load_path(local))
-        found: list[Union[LoadedSource, CompositeConfigError]] = []
+        found: list[LoadedSource | CompositeConfigError] = []
         for load in loaders:
             try:
                 found.append(load())
@@ -150,7 +150,7 @@ class ProfileRegistry:
             if isinstance(self._explicit, dict):
                 self._explicit_dict = load_profiles(self._explicit)
 
-    def _proxy_source(self, block: Any, base_dir: Optional[Path]) -> LoadedSource:
+    def _proxy_source(self, block: Any, base_dir: Path | None) -> LoadedSource:
         cached = self._proxy_cache
         if cached is not None and cached[0] == block:
             if isinstance(cached[1], ProfileFileError):
@@ -169,7 +169,7 @@ class ProfileRegistry:
         self._proxy_last_good[base_dir] = source
         return source
 
-    def _proxy_fallback(self, error: ProfileFileError, base_dir: Optional[Path]) -> LoadedSource:
+    def _proxy_fallback(self, error: ProfileFileError, base_dir: Path | None) -> LoadedSource:
         """The last good proxy block of this config, marked stale, or the error when there never was one."""
         last_good = self._proxy_last_good.get(base_dir)
         if last_good is None:
@@ -194,7 +194,7 @@ class ProfileRegistry:
 class ProfileSnapshot:
     """The sources as of one request (valid ones and load errors, in precedence order)."""
 
-    entries: list[Union[LoadedSource, CompositeConfigError]]
+    entries: list[LoadedSource | CompositeConfigError]
 
     @property
     def sources(self) -> list[LoadedSource]:

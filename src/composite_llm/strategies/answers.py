@@ -13,14 +13,14 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, model_validator
 
 from ..schema import FanOutSettings
 
 ExtractMethod = Literal["numeric", "choice", "last_line", "regex", "json_field", "exact", "free"]
-Extractor = Callable[[str], Optional[str]]
+Extractor = Callable[[str], str | None]
 
 
 class ExtractionSettings(FanOutSettings):
@@ -35,8 +35,8 @@ class ExtractionSettings(FanOutSettings):
     """
 
     extract: ExtractMethod = "numeric"
-    pattern: Optional[str] = None
-    field: Optional[str] = None
+    pattern: str | None = None
+    field: str | None = None
     choices: str = Field(default="ABCDE", min_length=2, pattern=r"^[A-Z]+$")
     case_sensitive: bool = False
 
@@ -65,7 +65,7 @@ def normalize_text(text: str, case_sensitive: bool = False) -> str:
     return flat if case_sensitive else flat.casefold()
 
 
-def canonical_number(text: str) -> Optional[str]:
+def canonical_number(text: str) -> str | None:
     """'1,234.50' -> '1234.5', '-0.0' -> '0', '3/6' -> '1/2', '.5' -> '0.5'; None if not a number."""
     raw = text.strip().replace(",", "").replace("\u2212", "-").replace("$", "").rstrip("%").strip()
     try:
@@ -116,7 +116,7 @@ def _numbers(text: str) -> list[str]:
     return found
 
 
-def extract_numeric(text: str) -> Optional[str]:
+def extract_numeric(text: str) -> str | None:
     """The answer number: the first one after the last answer marker (on the marker's line; after its
     last '=' when the line is an equation), else the last number of the text."""
     markers = list(_ANSWER_MARKERS.finditer(text))
@@ -133,7 +133,7 @@ def extract_numeric(text: str) -> Optional[str]:
     return numbers[-1] if numbers else None
 
 
-def extract_choice(text: str, choices: str = "ABCDE") -> Optional[str]:
+def extract_choice(text: str, choices: str = "ABCDE") -> str | None:
     """A multiple-choice letter: after `answer is`/`answer:`, or the whole reply, or the last `(X)`, or
     the last standalone capital letter among `choices`."""
     letters = re.escape(choices)
@@ -155,7 +155,7 @@ def extract_choice(text: str, choices: str = "ABCDE") -> Optional[str]:
     return standalone[-1] if standalone else None
 
 
-def extract_last_line(text: str, case_sensitive: bool = False) -> Optional[str]:
+def extract_last_line(text: str, case_sensitive: bool = False) -> str | None:
     for line in reversed(text.strip().splitlines()):
         cleaned = re.sub(r"[*_`#>]+", "", line).strip()
         cleaned = re.sub(r"^(?:final\s+answer|answer)\s*[:\-]\s*", "", cleaned, flags=re.IGNORECASE)
@@ -165,7 +165,7 @@ def extract_last_line(text: str, case_sensitive: bool = False) -> Optional[str]:
     return None
 
 
-def extract_regex(text: str, pattern: str, case_sensitive: bool = False) -> Optional[str]:
+def extract_regex(text: str, pattern: str, case_sensitive: bool = False) -> str | None:
     matches = list(re.finditer(pattern, text))
     if not matches:
         return None
@@ -206,7 +206,7 @@ def _lookup(value: Any, path: str) -> tuple[bool, Any]:
     return True, value
 
 
-def extract_json_field(text: str, path: str, case_sensitive: bool = False) -> Optional[str]:
+def extract_json_field(text: str, path: str, case_sensitive: bool = False) -> str | None:
     """The field (dotted path, list indices allowed) of the last JSON value in the text that has it.
     Numbers compare by value (42 == 42.0), strings as normalized text, others as canonical JSON."""
     for obj in reversed(_json_objects(text)):
@@ -260,7 +260,7 @@ class Tally:
     total: int
 
     @property
-    def leader(self) -> Optional[VoteRow]:
+    def leader(self) -> VoteRow | None:
         return self.rows[0] if self.rows else None
 
     @property
@@ -280,13 +280,13 @@ class Tally:
         runner_up = self.rows[1].count if len(self.rows) > 1 else 0
         return self.rows[0].count > runner_up + remaining
 
-    def to_list(self, names: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    def to_list(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         def name(i: int) -> Any:
             return names[i] if names is not None else i
         return [{"answer": r.answer, "count": r.count, "voters": [name(i) for i in r.voters]} for r in self.rows]
 
 
-def tally(answers: Sequence[Optional[str]]) -> Tally:
+def tally(answers: Sequence[str | None]) -> Tally:
     """Count answer keys; None is an abstention (a sample with no extractable answer)."""
     rows: dict[str, VoteRow] = {}
     abstained = []
@@ -301,7 +301,7 @@ def tally(answers: Sequence[Optional[str]]) -> Tally:
     return Tally(rows=ordered, abstained=abstained, total=len(answers))
 
 
-def render_tally(table: Tally, names: Sequence[str], winner: Optional[str] = None) -> str:
+def render_tally(table: Tally, names: Sequence[str], winner: str | None = None) -> str:
     """Readable vote table: one line per answer, most votes first."""
     lines = []
     for row in table.rows:
@@ -373,7 +373,7 @@ def own_words(text: str, sources: Sequence[str]) -> str:
 
 
 def parse_score(text: str, low: float = 1, high: float = 10, *, quoted_from: Sequence[str] = (),
-                truncated: bool = False) -> Optional[float]:
+                truncated: bool = False) -> float | None:
     """The last own `SCORE: n` (also `SCORE: n/10`) within [low, high]; without a SCORE line, the last
     `n/10` or `n out of 10` (weak judges often write that). None if absent, out of range or cut off."""
     if truncated:
@@ -387,7 +387,7 @@ def parse_score(text: str, low: float = 1, high: float = 10, *, quoted_from: Seq
     return value if low <= value <= high else None
 
 
-def parse_winner(text: str, *, quoted_from: Sequence[str] = (), truncated: bool = False) -> Optional[str]:
+def parse_winner(text: str, *, quoted_from: Sequence[str] = (), truncated: bool = False) -> str | None:
     """'A' or 'B' from the last own `WINNER: A|B` line; None if absent or cut off."""
     if truncated:
         return None
@@ -397,7 +397,7 @@ def parse_winner(text: str, *, quoted_from: Sequence[str] = (), truncated: bool 
 
 
 def parse_picked_label(text: str, labels: Sequence[str], *, quoted_from: Sequence[str] = (),
-                       truncated: bool = False) -> tuple[Optional[str], str]:
+                       truncated: bool = False) -> tuple[str | None, str]:
     """The label a judge picked: after its own 'most consistent response is' (the reply starts with
     it, so a cut-off reply still has it), else the only label named in its own words (not when cut
     off). Returns (label or None, how it was read)."""

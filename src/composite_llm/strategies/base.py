@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Set
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, ClassVar, Protocol, TypeVar, Union
+from typing import Any, AsyncIterator, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -48,7 +48,7 @@ class FinalRunner(Protocol):
     def stream(self, ctx: RunContext) -> AsyncIterator[StreamPiece]: ...
 
 
-FinalStep = Union[FinalCall, FinalText, FinalRunner]
+FinalStep = FinalCall | FinalText | FinalRunner
 
 
 # Every topology is a pydantic model (in practice a `schema.StrictModel`, so unknown keys are errors): profiles

@@ -15,7 +15,7 @@ candidate or from a reply cut off before its final line (`answers.parse_score`, 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -72,9 +72,9 @@ class BestOfNSettings(FanOutSettings):
     """
 
     mode: Literal["pointwise", "pairwise"] = "pointwise"
-    rubric: Optional[str] = Field(default=None, min_length=1)
+    rubric: str | None = Field(default=None, min_length=1)
     both_orders: bool = False
-    shuffle_seed: Optional[int] = None
+    shuffle_seed: int | None = None
 
 
 class BestOfNTopology(StrictModel):
@@ -127,7 +127,7 @@ class BestOfNStrategy:
         order = list(range(len(answers)))
         shuffle_rng(ctx, s.shuffle_seed).shuffle(order)  # dispatch order only: each call sees one candidate
 
-        async def score(index: int) -> tuple[int, Optional[float]]:
+        async def score(index: int) -> tuple[int, float | None]:
             shown = answers[index].text
             framing = Framing.for_texts([shown])
             request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, framing, POINTWISE_REQUEST.format(
@@ -203,7 +203,7 @@ class BestOfNStrategy:
     async def _match(ctx: RunContext, judge: list[PlannedCall], messages: list[Any], answers: list[MemberResult],
                      sides: list[tuple[int, int]], rubric: str, s: BestOfNSettings) -> tuple[dict[int, int], list[str]]:
         """Judge one match (once per side order); votes per candidate index and readable verdicts."""
-        async def one(a: int, b: int) -> tuple[int, int, Optional[str]]:
+        async def one(a: int, b: int) -> tuple[int, int, str | None]:
             shown = [answers[a].text, answers[b].text]
             framing = Framing.for_texts(shown)
             request = judge_messages(messages, JUDGE_SYSTEM_PROMPT, framing, PAIRWISE_REQUEST.format(

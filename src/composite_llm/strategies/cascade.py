@@ -16,7 +16,7 @@ The trace says which tier answered and why every earlier tier escalated (`detail
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -50,11 +50,11 @@ class CascadeTier(StrictModel):
 
     model: NodeConfig
     samples: int = Field(default=1, ge=1, le=32)
-    temperature: Optional[float] = Field(default=None, ge=0)
-    temperatures: Optional[list[float]] = None
+    temperature: float | None = Field(default=None, ge=0)
+    temperatures: list[float] | None = None
     threshold: float = Field(default=1.0, gt=0, le=1,
                              description="share of the tier's samples the leading answer needs (abstentions count)")
-    judge: Optional[NodeConfig] = None
+    judge: NodeConfig | None = None
     min_confidence: float = Field(default=0.7, ge=0, le=1, description="judge's SCORE/10 needed to answer")
 
     @model_validator(mode="before")
@@ -237,7 +237,7 @@ class CascadeStrategy:
 
     @staticmethod
     async def _confidence(ctx: RunContext, judge: list, messages: list[Any], answer: str,
-                          s: CascadeSettings) -> Optional[float]:
+                          s: CascadeSettings) -> float | None:
         framing = Framing.for_texts([answer])
         request = judge_messages(messages, CONFIDENCE_SYSTEM_PROMPT, framing,
                                  CONFIDENCE_REQUEST.format(answer=framing.block("Proposed answer", answer)))

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
-from typing import Any, AsyncIterator, ClassVar, Optional
+from typing import Any, AsyncIterator, ClassVar
 
 from pydantic import Field, field_validator
 
@@ -48,7 +48,7 @@ class ComposerCLITopology(StrictModel):
 
     model: str = Field(min_length=1)
     cli: str = "cursor"
-    spec: Optional[CLISpec] = None
+    spec: CLISpec | None = None
     settings: CLISettings = Field(default_factory=CLISettings)
 
     @field_validator("cli")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -88,15 +88,15 @@ class CouncilSettings(FanOutSettings):
     review_quorum: int = Field(default=0, ge=0)
     skip_own_answer: bool = False
     shuffle: bool = True
-    shuffle_seed: Optional[int] = None
-    max_council_size: Optional[int] = Field(default=None, ge=1)
+    shuffle_seed: int | None = None
+    max_council_size: int | None = Field(default=None, ge=1)
     include_stage_summaries_in_reasoning: bool = True
 
 
 class CouncilTopology(StrictModel):
     chairman: NodeConfig
     council: list[NodeConfig] = Field(min_length=1)
-    reviewers: Optional[list[NodeConfig]] = None
+    reviewers: list[NodeConfig] | None = None
     settings: CouncilSettings = Field(default_factory=CouncilSettings)
 
     @model_validator(mode="after")
@@ -203,7 +203,7 @@ class CouncilStrategy:
         messages: list[Any],
         answers: list[MemberResult],
         labels: list[str],
-        explicit_reviewers: Optional[list[Any]],
+        explicit_reviewers: list[Any] | None,
     ) -> tuple[list[tuple[MemberResult, dict[str, str]]], list[ParsedRanking]]:
         settings = topology.settings
         if explicit_reviewers is not None:

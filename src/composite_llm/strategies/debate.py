@@ -11,7 +11,7 @@ its last answer still counts.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -65,13 +65,13 @@ class DebateSettings(ExtractionSettings):
     final: Literal["vote", "judge"] = "vote"
     early_stop: bool = True
     tie_break: Literal["first"] = "first"
-    shuffle_seed: Optional[int] = None
+    shuffle_seed: int | None = None
 
 
 class DebateTopology(StrictModel):
     members: SampledNodeList = Field(min_length=2)
     rounds: int = Field(default=2, ge=0, le=10)
-    aggregator: Optional[NodeConfig] = None
+    aggregator: NodeConfig | None = None
     settings: DebateSettings = Field(default_factory=DebateSettings)
 
     @model_validator(mode="after")
@@ -100,7 +100,7 @@ class DebateStrategy:
         return [n.model for n in [*topology.members, *final]]
 
     async def prepare(self, ctx: RunContext, topology: DebateTopology, messages: list[Any]
-                      ) -> Union[FinalCall, FinalText]:
+                      ) -> FinalCall | FinalText:
         s = topology.settings
         members = (answer_nodes(ctx, topology.members, self.name) if s.final == "vote" else list(topology.members))
         rounds = topology.rounds

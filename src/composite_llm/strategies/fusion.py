@@ -25,7 +25,7 @@ the first call entirely (the judge then synthesizes straight away, MoA with one 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -98,7 +98,7 @@ CRITERIA_LINE = "Judge by these criteria: {criteria}"
 class FusionJudge(NodeConfig):
     """The judge node, with the gateways' optional `criteria` (what to prioritize when judging)."""
 
-    criteria: Optional[str] = Field(default=None, min_length=1)
+    criteria: str | None = Field(default=None, min_length=1)
 
 
 class FusionSettings(FanOutSettings):
@@ -111,8 +111,8 @@ class FusionSettings(FanOutSettings):
     """
 
     comparison: bool = True
-    comparison_max_tokens: Optional[int] = Field(default=None, ge=16)
-    shuffle_seed: Optional[int] = None
+    comparison_max_tokens: int | None = Field(default=None, ge=16)
+    shuffle_seed: int | None = None
 
 
 class FusionTopology(StrictModel):
@@ -132,7 +132,7 @@ def _criteria(judge: FusionJudge) -> str:
     return CRITERIA_LINE.format(criteria=judge.criteria.strip()) if judge.criteria else ""
 
 
-def parse_comparison(text: str) -> Optional[dict[str, Any]]:
+def parse_comparison(text: str) -> dict[str, Any] | None:
     """The comparison object from the judge's reply: the last JSON object in it (fenced or bare) that has
     at least one of the expected keys; None when there is none."""
     from .answers import _json_objects  # the same lenient JSON finder as extract: json_field
@@ -143,7 +143,7 @@ def parse_comparison(text: str) -> Optional[dict[str, Any]]:
     return None
 
 
-def render_comparison(comparison: Optional[dict[str, Any]], raw: str, shown: dict[str, str]) -> str:
+def render_comparison(comparison: dict[str, Any] | None, raw: str, shown: dict[str, str]) -> str:
     """The comparison as readable lines for `reasoning_content` (the raw text when it was not JSON)."""
     lines = ["panel: " + ", ".join(f"{label} = {member}" for label, member in shown.items())]
     if comparison is None:
@@ -183,7 +183,7 @@ class FusionStrategy:
         panel = merged.get("panel", merged.get("models"))
         if "panel" in merged and "models" in merged:
             raise CompositeConfigError("give the panel as panel or as models, not both")
-        judge: Union[str, dict[str, Any]] = merged.get("judge") or final_model
+        judge: str | dict[str, Any] = merged.get("judge") or final_model
         if isinstance(judge, str):
             judge = {"model": judge}
         judge = dict(judge)
@@ -229,7 +229,7 @@ class FusionStrategy:
 
         compare_messages = framed_messages(messages, COMPARE_SYSTEM_PROMPT.format(criteria=criteria).strip(),
                                            framing, COMPARE_REQUEST.format(responses=blocks))
-        result: Optional[MemberResult] = await ask_judge(ctx, compare_calls, compare_messages, s)
+        result: MemberResult | None = await ask_judge(ctx, compare_calls, compare_messages, s)
         if result is None:
             # No comparison: the judge still answers (from the panel alone), and the trace says so.
             ctx.trace.notes.append("the judge's comparison call failed: it answers from the panel's answers alone")

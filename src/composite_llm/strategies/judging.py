@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from ..engine import MemberResult, PlannedCall, RunContext, StageResult
 from ..schema import FanOutSettings, NodeConfig
@@ -36,7 +36,7 @@ def answer_nodes(ctx: RunContext, nodes: Sequence[NodeConfig], strategy: str) ->
     return [node.model_copy(update={"params": {**extra, **node.params}}) for node in nodes]
 
 
-def shuffle_rng(ctx: RunContext, seed: Optional[int]) -> random.Random:
+def shuffle_rng(ctx: RunContext, seed: int | None) -> random.Random:
     """A fixed-seed generator when the settings give a seed, else the request's own."""
     return random.Random(seed) if seed is not None else ctx.rng
 
@@ -50,7 +50,7 @@ def judge_messages(messages: list[Any], system_prompt: str, framing: Framing, re
 
 
 async def ask_judge(ctx: RunContext, calls: Sequence[PlannedCall], messages: list[Any],
-                    settings: FanOutSettings) -> Optional[MemberResult]:
+                    settings: FanOutSettings) -> MemberResult | None:
     """Run a judge call, trying its fallbacks in order. Failures are recorded in the trace, not raised."""
     for call in calls:
         result = await ctx.call(call, messages, settings=settings)

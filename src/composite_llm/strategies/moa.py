@@ -9,7 +9,7 @@ Self-MoA (one strong model sampled several times) is the same topology with repe
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -39,8 +39,8 @@ class MoASettings(FanOutSettings):
     """MoA settings. `max_tool_iterations` is accepted so composite_llm_research profiles stay valid; it has no
     effect, because tool calls are returned to the client (the composite runs no tool loop)."""
 
-    max_tool_iterations: Optional[int] = Field(default=None, ge=0)
-    aggregate_prompt: Optional[str] = Field(
+    max_tool_iterations: int | None = Field(default=None, ge=0)
+    aggregate_prompt: str | None = Field(
         default=None,
         description="replaces AGGREGATE_REQUEST (sent as the last user message, the responses framed in place of "
                     "{responses}) and AGGREGATE_PROMPT (only the framing rule stays in the system message); "
@@ -83,7 +83,7 @@ def format_responses(answers: StageResult | list[Any], framing: Framing) -> str:
     return anonymous_blocks(texts, None, framing)[0]
 
 
-def aggregate_messages(messages: list[Any], answers: StageResult | list[Any], custom: Optional[str] = None
+def aggregate_messages(messages: list[Any], answers: StageResult | list[Any], custom: str | None = None
                        ) -> list[dict[str, Any]]:
     """What the next layer or the aggregator reads: our instructions and the framing rule in the system
     message, the answers framed in a last user message (`custom` replaces both prompts)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -53,11 +53,11 @@ class SelfConsistencySettings(ExtractionSettings):
     """
 
     tie_break: Literal["first", "judge"] = "first"
-    wave_size: Optional[int] = Field(default=None, ge=1)
-    stop_share: Optional[float] = Field(default=None, gt=0, le=1)
+    wave_size: int | None = Field(default=None, ge=1)
+    stop_share: float | None = Field(default=None, gt=0, le=1)
     min_samples: int = Field(default=3, ge=1)
     stop_when_decided: bool = True
-    shuffle_seed: Optional[int] = None
+    shuffle_seed: int | None = None
 
 
 class SelfConsistencyTopology(StrictModel):
@@ -66,9 +66,9 @@ class SelfConsistencyTopology(StrictModel):
 
     model: NodeConfig
     samples: int = Field(default=5, ge=1, le=64)
-    temperature: Optional[float] = Field(default=None, ge=0)
-    temperatures: Optional[list[float]] = None
-    judge: Optional[NodeConfig] = None
+    temperature: float | None = Field(default=None, ge=0)
+    temperatures: list[float] | None = None
+    judge: NodeConfig | None = None
     settings: SelfConsistencySettings = Field(default_factory=SelfConsistencySettings)
 
     @model_validator(mode="after")
@@ -126,13 +126,13 @@ class SelfConsistencyStrategy:
     # ------------------------------------------------------------------ sampling in waves
     @staticmethod
     async def _sample(ctx: RunContext, calls: list[PlannedCall], messages: list[Any], s: SelfConsistencySettings
-                      ) -> tuple[list[MemberResult], list[Optional[str]], list[dict[str, Any]], str]:
+                      ) -> tuple[list[MemberResult], list[str | None], list[dict[str, Any]], str]:
         extract = make_extractor(s)
         total = len(calls)
         wave_size = s.wave_size or total
         wave_count = math.ceil(total / wave_size)
         results: list[MemberResult] = []
-        keys: list[Optional[str]] = []
+        keys: list[str | None] = []
         waves: list[dict[str, Any]] = []
         stop = "every wave ran (no early stop)" if wave_count > 1 else "one wave (fixed n)"
         for number, start in enumerate(range(0, total, wave_size), start=1):
@@ -226,7 +226,7 @@ class SelfConsistencyStrategy:
     # ------------------------------------------------------------------ trace
     @staticmethod
     def _record(ctx: RunContext, topology: SelfConsistencyTopology, table: Tally, numbers: list[str],
-                keys: list[Optional[str]], chosen: int, decided_by: str, waves: list[dict[str, Any]], stop: str,
+                keys: list[str | None], chosen: int, decided_by: str, waves: list[dict[str, Any]], stop: str,
                 spent: int) -> None:
         s = topology.settings
         winner_key = keys[chosen]
