@@ -279,11 +279,9 @@ class LocalRuntime:
                 try:
                     item = sink.get(timeout=wait)
                 except queue.Empty:
-                    raise LocalTimeout(f"local/{name} did not answer within {timeout:g}s") from None
-                if item is _END:
+                    raise _timed_out(name, timeout) from None
+                if _is_end(item):
                     return
-                if isinstance(item, BaseException):
-                    raise item
                 yield item
         finally:
             cancelled.set()  # the scheduler drops the request at its next step (or before it starts)
@@ -330,11 +328,9 @@ class LocalRuntime:
                         async with asyncio.timeout_at(deadline):
                             item = await sink.get()
                     except TimeoutError:
-                        raise LocalTimeout(f"local/{name} did not answer within {timeout:g}s") from None
-                if item is _END:
+                        raise _timed_out(name, timeout) from None
+                if _is_end(item):
                     return
-                if isinstance(item, BaseException):
-                    raise item
                 yield item
         finally:
             cancelled.set()  # the scheduler drops the request at its next step (or before it starts)
@@ -349,6 +345,20 @@ class LocalRuntime:
         started = time.perf_counter()
         events = [event async for event in self.astream(name, messages, optional_params, timeout)]
         return _collect(events, started)
+
+
+def _is_end(item: Any) -> bool:
+    """What the sync and async consumers do with an item from the scheduler: True at the end of the
+    stream, an error it sent is raised, anything else is an event to yield."""
+    if item is _END:
+        return True
+    if isinstance(item, BaseException):
+        raise item
+    return False
+
+
+def _timed_out(name: str, timeout: float | None) -> LocalTimeout:
+    return LocalTimeout(f"local/{name} did not answer within {timeout:g}s")
 
 
 def raise_for_runtime() -> None:
