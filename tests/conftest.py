@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -89,3 +90,42 @@ async def cancel_once_sent(task: asyncio.Future, server, sent: int) -> None:
     while any(r.finished is None for r in server.requests) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert all(r.finished is not None for r in server.requests)  # the server saw the disconnects
+
+
+# --- offline means offline -------------------------------------------------------------------
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
+_guard = {"active": False, "attempts": []}
+
+
+def _network_guard(event: str, args: tuple) -> None:
+    """Audit hook: refuse (and record) any DNS lookup or connect that is not to this machine.
+
+    Recorded as well as raised because libraries swallow the error and retry (LiteLLM falls back to
+    another tokenizer after huggingface_hub's retries): the fixture fails the test on any attempt.
+    """
+    if not _guard["active"] or event not in ("socket.connect", "socket.getaddrinfo"):
+        return
+    target = args[1] if event == "socket.connect" else args
+    host = target[0] if isinstance(target, tuple) and target else None
+    if host is None or (isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host)
+                        in _LOOPBACK):
+        return
+    _guard["attempts"].append(f"{event} {host!r}")
+    raise OSError(f"tests: outbound network attempt blocked: {event} {host!r}")
+
+
+sys.addaudithook(_network_guard)
+
+
+@pytest.fixture()
+def no_network():
+    """Fail the test on any outbound connection attempt (a DNS lookup or connect not to this machine);
+    yields the list of attempts. The local-model tests use it for every test."""
+    _guard["attempts"].clear()
+    _guard["active"] = True
+    try:
+        yield _guard["attempts"]
+    finally:
+        _guard["active"] = False
+    assert not _guard["attempts"], f"outbound network attempts: {_guard['attempts'][:5]}"

@@ -253,3 +253,24 @@ async def test_a_client_leaving_after_the_last_token_is_billed_for_the_final_sta
     # the aggregator's share: its prompt (LiteLLM's tokenizer) and 6 streamed words at the node's prices
     assert billed > members + 6 * 2e-6
     assert billed < members + 5e-3
+
+
+def test_in_flight_cost_estimates_never_download_a_tokenizer(server, call_kwargs, monkeypatch, no_network):
+    """The stream's running cost estimates each sub-call's prompt before it answers. Counted with the
+    member's own LiteLLM tokenizer, a `llama-3` name meant a Hugging Face hub download: offline, 23 s of
+    huggingface_hub retries before the first token (the fusion example in docs/STRATEGIES.md). Now the
+    bundled OpenAI encoding counts every estimate."""
+    import litellm.utils as litellm_utils
+
+    chosen: list[str] = []
+    original = litellm_utils._select_tokenizer_helper
+    monkeypatch.setattr(litellm_utils, "_select_tokenizer_helper",
+                        lambda model: chosen.append(model) or original(model))
+    server.set_model("llama-3.3-70b-versatile", reply="221 = 13 x 17, so no.")
+    server.set_model("agg", reply="No: 221 = 13 x 17.")
+    stream = litellm.completion(model=MOA, messages=user("Is 221 prime?"), stream=True,
+                                proposers=["groq/llama-3.3-70b-versatile", "openai/agg"], **call_kwargs)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "No: 221 = 13 x 17."
+    assert not any("llama" in model for model in chosen), chosen
+    assert no_network == []

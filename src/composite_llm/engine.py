@@ -46,6 +46,8 @@ _TIMEOUT_SLACK_S = 1.0
 _MAX_BACKOFF_S = 5.0
 # Prompts up to this size are tokenized for an in-flight cost estimate; larger ones are estimated by length.
 _TOKENIZE_UP_TO_CHARS = 32_000
+# The model name whose tokenizer counts in-flight prompts: LiteLLM's bundled tiktoken encoding (no download).
+_ESTIMATE_TOKENIZER_MODEL = "gpt-4"
 
 ProgressFn = Callable[[str], None]
 
@@ -708,13 +710,18 @@ def _piece_from_chunk(chunk: Any) -> StreamPiece | None:
 
 
 def _prompt_estimate(call: PlannedCall, messages: list[Any]) -> tuple[UsageTotals, float | None]:
-    """Prompt tokens and their price for a call that was sent but never answered (LiteLLM's tokenizer and
-    price map, or the node's own `input_cost_per_token`)."""
+    """Prompt tokens and their price for a call that was sent but never answered (the price from LiteLLM's
+    price map, or the node's own `input_cost_per_token`).
+
+    The tokens are counted with the OpenAI tokenizer LiteLLM bundles, whatever the model: for some names
+    (`llama-3`, `llama-2`, Cohere's) LiteLLM's model-specific tokenizer is a download from the Hugging Face
+    hub, and an estimate must never wait on the network (offline, huggingface_hub retried for 23 s before
+    the first member's answer could stream)."""
     size = sum(len(str(m.get("content") or "")) if isinstance(m, dict) else len(str(m)) for m in messages)
     try:
         # Tokenizing runs on the event loop: a huge prompt gets the usual 4-characters-a-token estimate.
-        tokens = (litellm.token_counter(model=call.model, messages=messages) if size <= _TOKENIZE_UP_TO_CHARS
-                  else size // 4)
+        tokens = (litellm.token_counter(model=_ESTIMATE_TOKENIZER_MODEL, messages=messages)
+                  if size <= _TOKENIZE_UP_TO_CHARS else size // 4)
     except Exception:  # noqa: BLE001 - no tokenizer: nothing to estimate from
         return UsageTotals(), None
     usage = UsageTotals(prompt_tokens=int(tokens))
