@@ -89,3 +89,22 @@ def test_load_profiles_takes_a_path_or_a_dict_and_nothing_else(tmp_path, counted
         files.load_profiles(tmp_path / "missing.yaml")
     with pytest.raises(CompositeConfigError, match="got int"):
         files.load_profiles(3)  # type: ignore[arg-type]
+
+
+def test_document_settings_in_any_file_of_a_folder_apply_to_the_folder(tmp_path, counted):
+    """Before, only max_input_bytes and trace_log survived the folder merge: `allow_request_overrides: true`
+    or an `observability` block in a folder's file was dropped without a word."""
+    (tmp_path / "a.yaml").write_text(_doc("one"))
+    (tmp_path / "b.yaml").write_text(_doc("two") + "allow_request_overrides: true\n"
+                                     "observability: {enabled: true, log_file: traces.jsonl}\nmax_input_bytes: 4096\n")
+    settings = files.load_path(tmp_path).settings
+    assert settings.allow_request_overrides is True
+    assert settings.observability is not None and settings.observability.log_file == "traces.jsonl"
+    assert settings.max_input_bytes == 4096
+
+
+def test_two_files_of_a_folder_setting_one_key_differently_is_an_error(tmp_path, counted):
+    (tmp_path / "a.yaml").write_text(_doc("one") + "max_input_bytes: 100\n")
+    (tmp_path / "b.yaml").write_text(_doc("two") + "max_input_bytes: 200\n")
+    with pytest.raises(CompositeConfigError, match=r"max_input_bytes is set differently .*b\.yaml"):
+        files.load_path(tmp_path)

@@ -54,10 +54,19 @@ def merge_into(target: LoadedSource, other: LoadedSource) -> None:
                                        f"and {profile.origin}")
         target.profiles[name] = profile
     target.broken.extend(other.broken)
-    if other.settings.max_input_bytes is not None and target.settings.max_input_bytes is None:
-        target.settings.max_input_bytes = other.settings.max_input_bytes
-    if other.settings.trace_log and not target.settings.trace_log:
-        target.settings.trace_log = other.settings.trace_log
+    for key in FOLDER_SETTINGS:  # a setting in any file of the folder applies to the folder; two values clash
+        value, current = getattr(other.settings, key), getattr(target.settings, key)
+        if value is None or value is False:
+            continue
+        if current is None or current is False:
+            setattr(target.settings, key, value)
+        elif current != value:
+            raise CompositeConfigError(f"{key} is set differently by two files of the folder: {other.origin} and "
+                                       f"another file of {target.origin}")
+
+
+# Document settings a folder's files contribute to the folder (each may sit in any one file).
+FOLDER_SETTINGS = ("allow_request_overrides", "trace_log", "observability", "max_input_bytes")
 
 
 @dataclass
