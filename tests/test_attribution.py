@@ -103,3 +103,21 @@ def test_baselines_can_be_named_in_the_model_list():
     cot, cot_sc = specs[1], specs[2]
     assert cot.model == "local/m" and cot.instruction == COT_INSTRUCTION
     assert cot_sc.model == "composite/self-consistency/local/m" and cot_sc.instruction == COT_INSTRUCTION
+
+
+def test_composites_are_also_paired_with_the_reasoning_instruction_baseline():
+    """Beating the plain member may be the prompt's doing: the report pairs every composite (and cot-sc)
+    with `cot(<model>)` as well, item by item."""
+    rows = [_row("a", str(i), i < 5) for i in range(10)]
+    rows += [_row("cot(a)", str(i), i < 8, kind="cot", instruction=COT_INSTRUCTION) for i in range(10)]
+    rows += [_row("cot-sc(a)", str(i), i < 9, kind="cot-sc", model_string="composite/self-consistency/a")
+             for i in range(10)]
+    rows += [_row("composite/profile/x", str(i), True, kind="composite") for i in range(10)]
+    text = report.paired_section(rows)
+    first, second = text.split("reasoning instruction, cot(a)")
+    assert "Paired against the best single model, a:" in first
+    lines = {cells[0]: cells for cells in (line.split() for line in second.splitlines())
+             if len(cells) > 1 and cells[1] == "cot(a)"}
+    assert set(lines) == {"composite/profile/x", "cot-sc(a)"}  # the plain model is not paired again
+    assert lines["composite/profile/x"][2:6] == ["10", "2", "0", "8"]
+    assert lines["cot-sc(a)"][2:6] == ["10", "1", "0", "9"]

@@ -266,4 +266,22 @@ def paired_section(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | Non
     if not table:
         return ""
     title = f"Paired against the best single model, {reference}:"
-    return f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"
+    out = f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"
+    for instructed in instructed_references(rows, order=order):
+        others = [n for n in names if n != reference and _kind_of(rows, n) in ("composite", "cot-sc")]
+        table = format_paired(paired_against(rows, instructed, others), markdown=markdown)
+        if table:
+            title = (f"Paired against the same model with the strategies' reasoning instruction, {instructed} "
+                     "(a composite's gain over this one is not its prompt's):")
+            out += f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"
+    return out
+
+
+def _kind_of(rows: Sequence[dict[str, Any]], model: str) -> str | None:
+    return next((str(r.get("kind")) for r in rows if r.get("model") == model), None)
+
+
+def instructed_references(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | None = None) -> list[str]:
+    """The `cot(<model>)` baselines present: the second reference every composite is paired with."""
+    names = [s.model for s in summarize(rows, order=order)]
+    return [n for n in names if _kind_of(rows, n) == "cot"]
