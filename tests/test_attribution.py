@@ -121,3 +121,8 @@ def test_composites_are_also_paired_with_the_reasoning_instruction_baseline():
     assert set(lines) == {"composite/profile/x", "cot-sc(a)"}  # the plain model is not paired again
     assert lines["composite/profile/x"][2:6] == ["10", "2", "0", "8"]
     assert lines["cot-sc(a)"][2:6] == ["10", "1", "0", "9"]
+    document = report.report_document(rows)
+    (instructed,) = document["paired_instructed"]
+    assert instructed["reference"] == "cot(a)"
+    assert {r["model"]: (r["wins"], r["losses"]) for r in instructed["results"]} == {
+        "composite/profile/x": (2, 0), "cot-sc(a)": (1, 0)}

@@ -228,6 +228,11 @@ def report_document(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | No
         "meta": meta or {},
         "models": [s.as_dict() for s in summaries],
         "paired": {"reference": reference, "test": TEST_NAME, "results": [p.as_dict() for p in paired]},
+        "paired_instructed": [
+            {"reference": instructed, "test": TEST_NAME,
+             "results": [p.as_dict() for p in paired_against(rows, instructed, _instructed_challengers(rows, summaries,
+                                                                                                        reference))]}
+            for instructed in instructed_references(rows, order=order)],
         "task_sets": {name: [s.as_dict() for s in group] for name, group in by_task_set(rows, order=order).items()},
     }
 
@@ -268,13 +273,19 @@ def paired_section(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | Non
     title = f"Paired against the best single model, {reference}:"
     out = f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"
     for instructed in instructed_references(rows, order=order):
-        others = [n for n in names if n != reference and _kind_of(rows, n) in ("composite", "cot-sc")]
+        others = _instructed_challengers(rows, summarize(rows, order=order), reference)
         table = format_paired(paired_against(rows, instructed, others), markdown=markdown)
         if table:
             title = (f"Paired against the same model with the strategies' reasoning instruction, {instructed} "
                      "(a composite's gain over this one is not its prompt's):")
             out += f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"
     return out
+
+
+def _instructed_challengers(rows: Sequence[dict[str, Any]], summaries: Sequence[ModelSummary],
+                            reference: str | None) -> list[str]:
+    """What is paired with `cot(<model>)`: the composites and the cot-sc baseline."""
+    return [s.model for s in summaries if s.model != reference and _kind_of(rows, s.model) in ("composite", "cot-sc")]
 
 
 def _kind_of(rows: Sequence[dict[str, Any]], model: str) -> str | None:
