@@ -17,6 +17,7 @@ from litellm.types.utils import GenericStreamingChunk, ModelResponse, ModelRespo
 from . import errors, router_members, service
 from .bridge import iterate_sync, run_sync
 from .errors import CompositeConfigError
+from .plugins import load_plugins
 from .profiles import REGISTRY, ProfileSource
 from .registration import register_provider
 from .request import CompositeRequest, build_request
@@ -134,14 +135,5 @@ def register_composite_provider(profiles: ProfileSource | None = None, router: A
     if profiles is not None:
         REGISTRY.set_explicit(profiles)
     register_provider(PROVIDER_NAME, COMPOSITE_PROVIDER)
-    _register_optional_providers()
+    load_plugins(rerun=True)  # the satellites (CLI agents' strategy, local models' provider) and installed plugins
     return COMPOSITE_PROVIDER
-
-
-def _register_optional_providers() -> None:
-    """Local llama.cpp models (`local/...`) register themselves too when that package is present."""
-    try:
-        from .local import register_local_provider
-    except ImportError:
-        return
-    register_local_provider()

@@ -8,7 +8,8 @@ One declarative :class:`CLISpec` per CLI plus a subprocess runner with strict hy
                                  CLISettings(timeout_seconds=120))
     print(result.text, result.usage)
 
-This package knows nothing about LiteLLM; the ``composer_cli`` strategy adapts it.
+The package itself knows nothing about LiteLLM: ``strategy.py`` (the ``composer-cli`` strategy, loaded
+by ``plugin.py`` through composite_llm.plugins) adapts it.
 """
 
 from .builtin_specs import BUILTIN_SPECS, CLAUDE, CODEX, CURSOR, GEMINI, SPEC_ALIASES, get_spec, known_spec_names

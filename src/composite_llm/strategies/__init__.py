@@ -13,7 +13,6 @@ from ..model_string import canonical_strategy_name
 from .base import FinalCall, FinalRunner, FinalStep, FinalText, Strategy, Topology, strategy_problems
 from .best_of_n import BestOfNStrategy
 from .cascade import CascadeStrategy
-from .composer_cli import ComposerCLIStrategy
 from .council import CouncilStrategy
 from .debate import DebateStrategy
 from .fusion import FusionStrategy
@@ -35,14 +34,25 @@ def register_strategy(strategy: Strategy[Any]) -> None:
 
 
 def get_strategy(name: str) -> Strategy[Any]:
-    """The strategy registered under `name`; the error lists the registered ones."""
+    """The strategy registered under `name`; the error lists the registered ones. A name not registered yet
+    loads the plugins first (the CLI agents' `composer-cli` strategy is one: a process that never called
+    `composite_llm.register()`, like the proxy loading the provider from its config, still finds it)."""
     strategy = _REGISTRY.get(canonical_strategy_name(name))
+    if strategy is None:
+        from ..plugins import load_plugins
+
+        load_plugins()
+        strategy = _REGISTRY.get(canonical_strategy_name(name))
     if strategy is None:
         raise CompositeConfigError(f"unknown strategy {name!r}; registered strategies: {', '.join(strategy_names())}")
     return strategy
 
 
 def strategy_names() -> list[str]:
+    """Every strategy there is: the built-in ones and the plugins' (loaded first)."""
+    from ..plugins import load_plugins
+
+    load_plugins()
     return sorted(s.name for s in _REGISTRY.values())
 
 
@@ -51,7 +61,6 @@ register_strategy(CouncilStrategy())
 register_strategy(SelfConsistencyStrategy())
 register_strategy(BestOfNStrategy())
 register_strategy(DebateStrategy())
-register_strategy(ComposerCLIStrategy())
 register_strategy(FusionStrategy())
 register_strategy(CascadeStrategy())
 

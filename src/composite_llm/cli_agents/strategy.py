@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, ClassVar
 from pydantic import Field, field_validator
 
 from .. import errors
-from ..cli_agents import (
+from . import (
     CLIAgentError,
     CLIExitError,
     CLINotFoundError,
@@ -36,7 +36,7 @@ from ..engine import MemberResult, PlannedCall, RunContext, StreamPiece
 from ..errors import CompositeConfigError
 from ..schema import NodeConfig, StrictModel
 from ..trace import SubCallRecord, preview
-from .base import inline_keys_of, inline_topology
+from ..strategies.base import inline_keys_of, inline_topology
 
 STAGE = "cli agent"
 ROLE = "agent"
