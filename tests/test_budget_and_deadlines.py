@@ -246,3 +246,21 @@ async def test_hung_reviewers_leave_the_chairman_time_to_answer(server, call_kwa
     assert response.choices[0].message.content == "chairman answer"
     assert time.monotonic() - started < 5
     assert sorted(_trace(response)["dropped_members"]) == ["reviewer openai/r1", "reviewer openai/r2"]
+
+
+def test_fusion_and_cascade_count_every_call_they_make(explicit_profiles):
+    """Each strategy counts its own calls (`count_sub_calls`). Before, fusion and cascade were counted as one
+    call per model they name: fusion's two judge calls as one, a cascade's nested composite tier as one."""
+    fusion = {"strategy": "fusion", "topology": {"panel": ["openai/p1", "openai/p2", "openai/p3"],
+                                                 "judge": "openai/judge", "settings": {"max_sub_calls": 4}}}
+    with pytest.raises(CompositeConfigError, match=r"profile 'fused': this topology makes 5 sub-calls"):
+        explicit_profiles({"profiles": {"fused": fusion}})
+    sampled = {"strategy": "self_consistency", "topology": {"model": "openai/m", "samples": 5}}
+    cascade = {"strategy": "cascade", "topology": {
+        "tiers": [{"model": "openai/cheap", "samples": 2}, "composite/profile/sampled"],
+        "settings": {"max_sub_calls": 6}}}
+    with pytest.raises(CompositeConfigError, match=r"profile 'cheap_first': this topology makes 7 sub-calls"):
+        explicit_profiles({"profiles": {"sampled": sampled, "cheap_first": cascade}})
+    cascade["topology"]["settings"]["max_sub_calls"] = 7
+    fusion["topology"]["settings"]["max_sub_calls"] = 5
+    explicit_profiles({"profiles": {"sampled": sampled, "cheap_first": cascade, "fused": fusion}})

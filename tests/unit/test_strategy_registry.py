@@ -134,3 +134,12 @@ def test_every_problem_is_named_at_once_and_a_class_is_not_an_instance():
 def test_a_plain_set_of_inline_keys_is_accepted():
     register_strategy(type("SetKeys", (EchoStrategy,), {"name": "unit_set_keys", "inline_keys": {"members"}})())
     assert get_strategy("unit_set_keys").inline_keys == {"members"}
+
+
+def test_an_optional_sub_call_counter_with_the_wrong_arguments_fails_at_registration():
+    class Miscounting(EchoStrategy):
+        def count_sub_calls(self, topology):  # the budget calls it with (topology, node)
+            return 1
+
+    with pytest.raises(TypeError, match=r"optional method count_sub_calls\(\) must take \(topology, node\)"):
+        register_strategy(Miscounting())

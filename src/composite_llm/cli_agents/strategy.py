@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager
 from typing import Any, AsyncIterator, ClassVar
 
 from pydantic import Field, field_validator
 
 from .. import errors
+from ..engine import MemberResult, PlannedCall, RunContext, StreamPiece
+from ..errors import CompositeConfigError
+from ..schema import NodeConfig, StrictModel
+from ..strategies.base import inline_keys_of, inline_topology
+from ..trace import SubCallRecord, preview
 from . import (
     CLIAgentError,
     CLIExitError,
@@ -32,11 +37,6 @@ from . import (
     run_cli_agent,
     stream_cli_agent,
 )
-from ..engine import MemberResult, PlannedCall, RunContext, StreamPiece
-from ..errors import CompositeConfigError
-from ..schema import NodeConfig, StrictModel
-from ..trace import SubCallRecord, preview
-from ..strategies.base import inline_keys_of, inline_topology
 
 STAGE = "cli agent"
 ROLE = "agent"
@@ -163,6 +163,10 @@ class ComposerCLIStrategy:
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         return inline_topology(inline, CLISettings, ("cli", "spec"), model=final_model)
+
+    def count_sub_calls(self, topology: ComposerCLITopology, node: Callable[[NodeConfig], int]) -> int:
+        """One CLI run (the CLI's own model calls are its business, not sub-calls of ours)."""
+        return 1
 
     def member_models(self, topology: ComposerCLITopology) -> list[str]:
         return [f"cli/{topology.resolved_spec().name}/{topology.model}"]

@@ -79,6 +79,11 @@ class Strategy(Protocol[TopologyT]):
         """Every model the topology may call (for listings and dependency checks)."""
         ...
 
+    # Optional: `count_sub_calls(self, topology, node) -> int`, an upper bound of the leaf sub-calls one run
+    # makes, `node(n)` counting one node (1, or a nested composite's own count); the request's
+    # `settings.max_sub_calls` is checked against it before any call (composite_llm.budget). Without it, a
+    # strategy counts as one call per model of `member_models`.
+
 
 # How the library calls each method (positional arguments after self), to check a strategy's signatures.
 _METHOD_ARGS: dict[str, tuple[str, ...]] = {
@@ -86,6 +91,7 @@ _METHOD_ARGS: dict[str, tuple[str, ...]] = {
     "prepare": ("ctx", "topology", "messages"),
     "member_models": ("topology",),
 }
+_OPTIONAL_METHOD_ARGS: dict[str, tuple[str, ...]] = {"count_sub_calls": ("topology", "node")}
 
 
 def strategy_problems(strategy: object) -> list[str]:
@@ -122,6 +128,16 @@ def strategy_problems(strategy: object) -> list[str]:
             pass
         if method == "prepare" and not inspect.iscoroutinefunction(function):
             problems.append("method prepare() must be async (async def prepare(self, ctx, topology, messages))")
+    for method, args in _OPTIONAL_METHOD_ARGS.items():
+        function = getattr(strategy, method, None)
+        if function is None:
+            continue
+        try:
+            inspect.signature(function).bind(*args)
+        except TypeError:
+            problems.append(f"optional method {method}() must take ({', '.join(args)})")
+        except ValueError:
+            pass
     return problems
 
 

@@ -15,12 +15,19 @@ candidate or from a reply cut off before its final line (`answers.parse_score`, 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ..engine import MemberResult, PlannedCall, RunContext
-from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
+from ..schema import (
+    FanOutSettings,
+    NodeConfig,
+    SampledNodeList,
+    StrictModel,
+    check_quorum,
+)
 from .answers import parse_score, parse_winner
 from .base import FinalText, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing
@@ -95,6 +102,14 @@ class BestOfNStrategy:
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         return inline_topology(inline, BestOfNSettings, ("candidates",), judge=inline.get("judge") or final_model)
+
+    def count_sub_calls(self, topology: BestOfNTopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        n, s = len(topology.candidates), topology.settings
+        if n == 1:
+            return node(topology.candidates[0])
+        judged = n if s.mode == "pointwise" else (n - 1) * (2 if s.both_orders else 1)
+        return sum(node(c) for c in topology.candidates) + judged * node(topology.judge)
 
     def member_models(self, topology: BestOfNTopology) -> list[str]:
         return [n.model for n in [*topology.candidates, topology.judge, *topology.judge.fallbacks]]

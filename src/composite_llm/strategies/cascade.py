@@ -16,13 +16,21 @@ The trace says which tier answered and why every earlier tier escalated (`detail
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from ..engine import MemberResult, RunContext
 from ..schema import NodeConfig, SampledNodes, StrictModel, check_quorum
-from .answers import ExtractionSettings, Tally, make_extractor, parse_score, render_tally, tally
+from .answers import (
+    ExtractionSettings,
+    Tally,
+    make_extractor,
+    parse_score,
+    render_tally,
+    tally,
+)
 from .base import FinalCall, FinalText, final_candidates, inline_keys_of, split_settings
 from .framing import Framing
 from .judging import ANSWER_PARAMS, ask_judge, judge_messages
@@ -116,6 +124,14 @@ class CascadeStrategy:
         tiers = inline.get("tiers")
         tiers = list(tiers) if isinstance(tiers, list) else ([tiers] if tiers is not None else [])
         return {"tiers": [*tiers, final_model], "settings": split_settings(inline, CascadeSettings)}
+
+    def count_sub_calls(self, topology: CascadeTopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        total = 0  # an upper bound: every tier escalates
+        for tier in topology.tiers:
+            total += sum(node(n) for n in tier.sample_nodes())
+            total += node(tier.judge) if tier.judge is not None else 0
+        return total
 
     def member_models(self, topology: CascadeTopology) -> list[str]:
         models: list[str] = []

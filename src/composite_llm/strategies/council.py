@@ -14,6 +14,7 @@ system message. A ranking is read from the reviewer's own final section only (`a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -158,6 +159,11 @@ class CouncilStrategy:
             if key in inline:
                 topology["reviewers"] = inline[key]
         return topology
+
+    def count_sub_calls(self, topology: CouncilTopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        reviewers = topology.reviewers if topology.reviewers is not None else topology.council
+        return sum(node(n) for n in topology.council) + sum(node(n) for n in reviewers) + node(topology.chairman)
 
     def member_models(self, topology: CouncilTopology) -> list[str]:
         nodes = [*topology.council, *(topology.reviewers or []), topology.chairman, *topology.chairman.fallbacks]

@@ -11,6 +11,7 @@ its last answer still counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -18,7 +19,13 @@ from pydantic import Field, model_validator
 from ..engine import MemberResult, RunContext
 from ..schema import NodeConfig, SampledNodeList, StrictModel, check_quorum
 from .answers import ExtractionSettings, make_extractor, render_tally, tally
-from .base import FinalCall, FinalText, final_candidates, inline_keys_of, inline_topology
+from .base import (
+    FinalCall,
+    FinalText,
+    final_candidates,
+    inline_keys_of,
+    inline_topology,
+)
 from .framing import Framing, anonymous_blocks, framed_messages
 from .judging import answer_nodes, require_answers, shuffle_rng
 
@@ -94,6 +101,11 @@ class DebateStrategy:
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         return inline_topology(inline, DebateSettings, ("members", "rounds"),
                                aggregator=inline.get("aggregator") or final_model)
+
+    def count_sub_calls(self, topology: DebateTopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        final = node(topology.aggregator) if topology.aggregator is not None else 0
+        return sum(node(n) for n in topology.members) * (topology.rounds + 1) + final
 
     def member_models(self, topology: DebateTopology) -> list[str]:
         final = [topology.aggregator, *topology.aggregator.fallbacks] if topology.aggregator else []

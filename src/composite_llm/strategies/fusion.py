@@ -25,13 +25,20 @@ the first call entirely (the judge then synthesizes straight away, MoA with one 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from ..engine import MemberResult, RunContext
 from ..errors import CompositeConfigError
-from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
+from ..schema import (
+    FanOutSettings,
+    NodeConfig,
+    SampledNodeList,
+    StrictModel,
+    check_quorum,
+)
 from .base import FinalCall, final_candidates, inline_keys_of, split_settings
 from .framing import Framing, anonymous_blocks, framed_messages
 from .judging import ask_judge, shuffle_rng
@@ -135,7 +142,9 @@ def _criteria(judge: FusionJudge) -> str:
 def parse_comparison(text: str) -> dict[str, Any] | None:
     """The comparison object from the judge's reply: the last JSON object in it (fenced or bare) that has
     at least one of the expected keys; None when there is none."""
-    from .answers import _json_objects  # the same lenient JSON finder as extract: json_field
+    from .answers import (
+        _json_objects,  # the same lenient JSON finder as extract: json_field
+    )
 
     for value in reversed(_json_objects(text)):
         if isinstance(value, dict) and any(key in value for key in COMPARISON_KEYS):
@@ -194,6 +203,11 @@ class FusionStrategy:
         if panel is not None:
             topology["panel"] = panel
         return topology
+
+    def count_sub_calls(self, topology: FusionTopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        judge = NodeConfig.model_validate(topology.judge.model_dump(exclude={"criteria"}))
+        return sum(node(n) for n in topology.panel) + node(judge) * (2 if topology.settings.comparison else 1)
 
     def member_models(self, topology: FusionTopology) -> list[str]:
         return [*(n.model for n in topology.panel), topology.judge.model, *(n.model for n in topology.judge.fallbacks)]

@@ -9,12 +9,19 @@ Self-MoA (one strong model sampled several times) is the same topology with repe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from ..engine import RunContext, StageResult
-from ..schema import FanOutSettings, NodeConfig, SampledNodeList, StrictModel, check_quorum
+from ..schema import (
+    FanOutSettings,
+    NodeConfig,
+    SampledNodeList,
+    StrictModel,
+    check_quorum,
+)
 from .base import FinalCall, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing, anonymous_blocks, framed_messages
 
@@ -104,6 +111,10 @@ class MoAStrategy:
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         return inline_topology(inline, MoASettings, ("proposers", "layers"),
                                aggregator=inline.get("aggregator") or final_model)
+
+    def count_sub_calls(self, topology: MoATopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        return sum(node(n) for layer in topology.all_layers for n in layer) + node(topology.aggregator)
 
     def member_models(self, topology: MoATopology) -> list[str]:
         nodes = [n for layer in topology.all_layers for n in layer] + [topology.aggregator, *topology.aggregator.fallbacks]

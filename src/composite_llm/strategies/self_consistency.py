@@ -13,6 +13,7 @@ and picks the most consistent one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
@@ -20,10 +21,23 @@ from pydantic import Field, model_validator
 
 from ..engine import MemberResult, PlannedCall, RunContext
 from ..schema import NodeConfig, SampledNodes, StrictModel, check_quorum
-from .answers import ExtractionSettings, Tally, make_extractor, parse_picked_label, render_tally, tally
+from .answers import (
+    ExtractionSettings,
+    Tally,
+    make_extractor,
+    parse_picked_label,
+    render_tally,
+    tally,
+)
 from .base import FinalText, final_candidates, inline_keys_of, inline_topology
 from .framing import Framing, anonymous_blocks
-from .judging import answer_nodes, ask_judge, judge_messages, require_answers, shuffle_rng
+from .judging import (
+    answer_nodes,
+    ask_judge,
+    judge_messages,
+    require_answers,
+    shuffle_rng,
+)
 
 JUDGE_SYSTEM_PROMPT = """\
 You are a careful judge. Several responses were sampled for the user's latest request; they are in the
@@ -104,6 +118,11 @@ class SelfConsistencyStrategy:
 
     def topology_from_inline(self, final_model: str, inline: dict[str, Any]) -> dict[str, Any]:
         return inline_topology(inline, SelfConsistencySettings, ("samples", "temperatures", "judge"), model=final_model)
+
+    def count_sub_calls(self, topology: SelfConsistencyTopology, node: Callable[[NodeConfig], int]) -> int:
+        """Leaf sub-calls of one run, an upper bound (composite_llm.budget); `node` counts one node."""
+        judge = node(topology.judge) if topology.judge is not None else 0
+        return sum(node(n) for n in topology.sample_nodes()) + judge
 
     def member_models(self, topology: SelfConsistencyTopology) -> list[str]:
         judge = [topology.judge, *topology.judge.fallbacks] if topology.judge else []
