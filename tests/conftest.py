@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import os
 import sys
 import time
@@ -76,20 +77,25 @@ def collect(stream) -> tuple[str, str, object]:
     return "".join(content), "".join(reasoning), usage
 
 
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False); the caller asserts."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 async def cancel_once_sent(task: asyncio.Future, server, sent: int) -> None:
     """Wait (at most 5 s) until `sent` requests reached the fake server, cancel `task`, and check that the
     server saw every one of them end (the sub-calls were cancelled, not left running)."""
-    deadline = time.monotonic() + 5
-    while len(server.requests) < sent and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: len(server.requests) >= sent)
     assert len(server.requests) == sent
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    deadline = time.monotonic() + 5
-    while any(r.finished is None for r in server.requests) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert all(r.finished is not None for r in server.requests)  # the server saw the disconnects
+    assert await wait_until(lambda: all(r.finished is not None for r in server.requests))  # disconnects seen
 
 
 # --- offline means offline -------------------------------------------------------------------

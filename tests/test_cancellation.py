@@ -20,20 +20,11 @@ import pytest
 from starlette.responses import StreamingResponse
 
 from composite_llm import engine
-from conftest import user
+from conftest import user, wait_until
 
 MOA = "composite/moa/openai/agg"
 PROPOSERS = ["openai/p1", "openai/p2", "openai/p3"]
 LONG_ANSWER = " ".join(f"w{i}" for i in range(3000))
-
-
-async def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 class _Client:
@@ -102,7 +93,7 @@ async def test_a_dropped_stream_stops_reading_the_upstream_at_once(server, call_
     assert client.disconnected_at is not None
     assert client.upstream_chunks_after == 0
     assert client.content_chunks < 50
-    assert await _wait_until(lambda: not server.open_requests, 1.0), server.open_requests
+    assert await wait_until(lambda: not server.open_requests, 1.0), server.open_requests
 
 
 def _requests_seen(server, model: str, count: int) -> Callable[[_Client], bool]:
@@ -153,7 +144,7 @@ async def test_a_client_leaving_at_any_stage_leaves_no_upstream_request_open(ser
     client = _Client(when(server))
     await _serve(client, **kwargs, **call_kwargs)
     assert client.disconnected_at is not None
-    closed = await _wait_until(lambda: not server.open_requests, 1.0)
+    closed = await wait_until(lambda: not server.open_requests, 1.0)
     assert closed, [(r.model, r.chunks_sent) for r in server.open_requests]
     assert time.monotonic() - client.disconnected_at < 5
     if stage in ("members", "reviews"):

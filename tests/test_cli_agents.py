@@ -701,17 +701,22 @@ def _kill_if_alive(pid: int) -> None:
         os.kill(pid, 9)
 
 
+async def _assert_setsid_helper_gone(fake, message: str) -> None:
+    """The helper the fake CLI started with setsid() (its pid in a file) is gone within 5 s; killed here if not."""
+    helper = int(await wait_for_file(fake.child_pid))
+    try:
+        assert await wait_gone(helper, timeout=5), message
+    finally:
+        _kill_if_alive(helper)
+
+
 async def test_setsid_grandchild_is_killed_on_timeout(fake, monkeypatch):
     """A helper that called setsid() left the process group: the group kill alone misses it."""
     fake.install("fake_agent.py", "agent")
     monkeypatch.setenv("FAKE_MODE", "setsid_hang")
     with pytest.raises(CLITimeoutError):
         await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings(), timeout=2)
-    helper = int(await wait_for_file(fake.child_pid))
-    try:
-        assert await wait_gone(helper, timeout=5), "the setsid() helper survived the run"
-    finally:
-        _kill_if_alive(helper)
+    await _assert_setsid_helper_gone(fake, "the setsid() helper survived the run")
 
 
 async def test_setsid_helper_left_by_a_cli_that_exits_is_killed(fake, monkeypatch):
@@ -719,11 +724,7 @@ async def test_setsid_helper_left_by_a_cli_that_exits_is_killed(fake, monkeypatc
     monkeypatch.setenv("FAKE_MODE", "setsid_exit")
     result = await run_cli_agent(CURSOR, "composer-1", user("hi"), fake.settings())
     assert result.text == "Hello from composer-1."
-    helper = int(await wait_for_file(fake.child_pid))
-    try:
-        assert await wait_gone(helper, timeout=5), "the setsid() helper outlived the request"
-    finally:
-        _kill_if_alive(helper)
+    await _assert_setsid_helper_gone(fake, "the setsid() helper outlived the request")
 
 
 async def test_supervisor_keeps_exit_codes_and_signals(fake, monkeypatch):

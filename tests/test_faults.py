@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from composite_llm import engine
-from conftest import API_KEY, user
+from conftest import API_KEY, user, wait_until
 from test_cli_agents import PASSTHROUGH, alive, group_members, wait_for_file, wait_gone
 from test_cli_agents import fake  # noqa: F401 - a fixture
 
@@ -72,15 +72,6 @@ async def _wait_no_orphans(before: set, timeout: float = 5.0) -> list[asyncio.Ta
         if not left or time.monotonic() > deadline:
             return left
         await asyncio.sleep(0.05)
-
-
-async def _wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 # --------------------------------------------------------------------------- 429 with Retry-After
@@ -442,11 +433,11 @@ async def test_cancellation_cancels_every_sub_call_and_leaves_no_tasks(server, c
     before = asyncio.all_tasks()
     task = asyncio.ensure_future(litellm.acompletion(model=MOA, messages=user("q"), proposers=PROPOSERS,
                                                      **call_kwargs))
-    assert await _wait_until(lambda: len(server.requests) == 3)
+    assert await wait_until(lambda: len(server.requests) == 3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
-    assert await _wait_until(lambda: all(r.finished is not None for r in server.requests))
+    assert await wait_until(lambda: all(r.finished is not None for r in server.requests))
     assert await _wait_no_orphans(before) == []
     assert not server.requests_for("agg")
 
@@ -465,7 +456,7 @@ async def test_stream_closed_mid_answer_closes_the_upstream_and_leaves_no_tasks(
             break
     await stream.aclose()
     assert got
-    assert await _wait_until(lambda: all(r.finished is not None for r in server.requests), 1.5)
+    assert await wait_until(lambda: all(r.finished is not None for r in server.requests), 1.5)
     assert await _wait_no_orphans(before) == []
 
 
@@ -480,9 +471,9 @@ async def test_stream_closed_while_members_run_cancels_them_and_leaves_no_tasks(
     async for chunk in stream:
         if chunk.choices and getattr(chunk.choices[0].delta, "reasoning_content", None):
             break
-    assert await _wait_until(lambda: len(server.requests) == 3)
+    assert await wait_until(lambda: len(server.requests) == 3)
     await stream.aclose()
-    assert await _wait_until(lambda: all(r.finished is not None for r in server.requests), 3)
+    assert await wait_until(lambda: all(r.finished is not None for r in server.requests), 3)
     assert await _wait_no_orphans(before) == []
     assert not server.requests_for("agg")
 
@@ -500,11 +491,11 @@ async def test_stream_cancelled_while_members_run_leaves_no_tasks(server, call_k
 
     before = asyncio.all_tasks()
     task = asyncio.ensure_future(consume())
-    assert await _wait_until(lambda: len(server.requests) == 3)
+    assert await wait_until(lambda: len(server.requests) == 3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
-    assert await _wait_until(lambda: all(r.finished is not None for r in server.requests))
+    assert await wait_until(lambda: all(r.finished is not None for r in server.requests))
     assert await _wait_no_orphans(before) == []
     assert not server.requests_for("agg")
 
@@ -528,7 +519,7 @@ async def test_cancellation_kills_a_cli_member_and_its_children(server, call_kwa
         await asyncio.wait_for(task, 10)
     assert await wait_gone(child) and await wait_gone(pid)
     assert group_members(pid) == []
-    assert await _wait_until(lambda: all(r.finished is not None for r in server.requests))
+    assert await wait_until(lambda: all(r.finished is not None for r in server.requests))
     assert await _wait_no_orphans(before) == []
 
 
