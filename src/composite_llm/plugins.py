@@ -37,6 +37,7 @@ _lock = threading.RLock()  # re-entrant: a plugin may look a strategy up while i
 _loaded: dict[str, str] = {}   # name -> "module:attr" of every plugin that ran
 _errors: dict[str, str] = {}   # name -> why it did not load
 _loading = False
+_scanned = False  # the entry points were read once: a lookup miss (a typo in a request) does not re-read them
 
 
 def _resolve(target: str) -> Callable[[], object]:
@@ -56,12 +57,12 @@ def _discovered() -> list[tuple[str, str, Callable[[], Callable[[], object]]]]:
 
 
 def load_plugins(*, rerun: bool = False) -> dict[str, str]:
-    """Run every plugin not run yet in this process (with `rerun`, the ones that ran before as well:
-    `composite_llm.register()` puts everything in place again, e.g. after a test reset LiteLLM's provider
-    map); returns name -> target of those that ran."""
-    global _loading
+    """Find and run the plugins, once per process; later calls return at once. With `rerun` the entry
+    points are read again and every plugin runs again (`composite_llm.register()` puts everything in place
+    again, e.g. after a test reset LiteLLM's provider map). Returns name -> target of those that ran."""
+    global _loading, _scanned
     with _lock:
-        if _loading:  # a plugin's registration asked for the registry: what is loaded so far will do
+        if _loading or (_scanned and not rerun):  # re-entered from a plugin's registration, or nothing new
             return dict(_loaded)
         _loading = True
         try:
@@ -75,6 +76,7 @@ def load_plugins(*, rerun: bool = False) -> dict[str, str]:
                     log.warning("composite_llm plugin %r (%s) did not load: %s", name, target, _errors[name])
                     continue
                 _loaded[name] = target
+            _scanned = True
         finally:
             _loading = False
         return dict(_loaded)

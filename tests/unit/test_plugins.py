@@ -22,6 +22,7 @@ def fresh_plugins(monkeypatch):
     """Plugin bookkeeping as in a new process (the built-in plugins' registrations are idempotent)."""
     monkeypatch.setattr(plugins, "_loaded", {})
     monkeypatch.setattr(plugins, "_errors", {})
+    monkeypatch.setattr(plugins, "_scanned", False)
 
 
 @pytest.fixture()

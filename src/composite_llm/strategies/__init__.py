@@ -44,7 +44,7 @@ def get_strategy(name: str) -> Strategy[Any]:
         load_plugins()
         strategy = _REGISTRY.get(canonical_strategy_name(name))
     if strategy is None:
-        raise CompositeConfigError(f"unknown strategy {name!r}; registered strategies: {', '.join(strategy_names())}")
+        raise CompositeConfigError(f"unknown strategy {name!r}; registered strategies: {', '.join(_names())}")
     return strategy
 
 
@@ -53,6 +53,10 @@ def strategy_names() -> list[str]:
     from ..plugins import load_plugins
 
     load_plugins()
+    return _names()
+
+
+def _names() -> list[str]:
     return sorted(s.name for s in _REGISTRY.values())
 
 
