@@ -110,6 +110,15 @@ def _as_dict(message: Any) -> dict[str, Any]:
     return dict(message)
 
 
+def _appended(content: Any, text: str) -> Any:
+    """`content` with `text` added as a new paragraph: a text part for list (multimodal) content, which
+    stays a list; the system prompt and a node's instruction are merged the same way."""
+    if isinstance(content, list):
+        return [*content, {"type": "text", "text": text}]
+    existing = content_text(content)
+    return f"{existing}\n\n{text}" if existing else text
+
+
 def with_system_prompt(messages: list[Any], prompt: str) -> list[dict[str, Any]]:
     """The conversation with `prompt` added to its system message (created first if there is none).
 
@@ -118,13 +127,7 @@ def with_system_prompt(messages: list[Any], prompt: str) -> list[dict[str, Any]]
     result = [_as_dict(m) for m in messages]
     for index, message in enumerate(result):
         if message.get("role") in ("system", "developer"):
-            content = message.get("content")
-            if isinstance(content, list):
-                merged: Any = list(content) + [{"type": "text", "text": prompt}]
-            else:
-                existing = content_text(content)
-                merged = f"{existing}\n\n{prompt}" if existing else prompt
-            result[index] = {**message, "content": merged}
+            result[index] = {**message, "content": _appended(message.get("content"), prompt)}
             return result
     return [{"role": "system", "content": prompt}, *result]
 
@@ -140,13 +143,7 @@ def with_instruction(messages: list[Any], instruction: str | None) -> list[Any]:
         message = _as_dict(result[index])
         if message.get("role") != "user":
             continue
-        content = message.get("content")
-        if isinstance(content, list):
-            merged: Any = [*content, {"type": "text", "text": instruction}]
-        else:
-            existing = content_text(content)
-            merged = f"{existing}\n\n{instruction}" if existing else instruction
-        result[index] = {**message, "content": merged}
+        result[index] = {**message, "content": _appended(message.get("content"), instruction)}
         break
     return result
 
