@@ -229,10 +229,8 @@ def report_document(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | No
         "models": [s.as_dict() for s in summaries],
         "paired": {"reference": reference, "test": TEST_NAME, "results": [p.as_dict() for p in paired]},
         "paired_instructed": [
-            {"reference": instructed, "test": TEST_NAME,
-             "results": [p.as_dict() for p in paired_against(rows, instructed, _instructed_challengers(rows, summaries,
-                                                                                                        reference))]}
-            for instructed in instructed_references(rows, order=order)],
+            {"reference": instructed, "test": TEST_NAME, "results": [p.as_dict() for p in results]}
+            for instructed, results in instructed_pairings(rows, summaries, reference)],
         "task_sets": {name: [s.as_dict() for s in group] for name, group in by_task_set(rows, order=order).items()},
     }
 
@@ -266,15 +264,14 @@ def paired_section(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | Non
     reference = best_single(rows, order=order)
     if reference is None:
         return ""
-    names = [s.model for s in summarize(rows, order=order)]
-    table = format_paired(paired_against(rows, reference, names), markdown=markdown)
+    summaries = summarize(rows, order=order)
+    table = format_paired(paired_against(rows, reference, [s.model for s in summaries]), markdown=markdown)
     if not table:
         return ""
     title = f"Paired against the best single model, {reference}:"
     out = f"\n{'## ' if markdown else ''}{title}\n\n{table}\n"
-    for instructed in instructed_references(rows, order=order):
-        others = _instructed_challengers(rows, summarize(rows, order=order), reference)
-        table = format_paired(paired_against(rows, instructed, others), markdown=markdown)
+    for instructed, results in instructed_pairings(rows, summaries, reference):
+        table = format_paired(results, markdown=markdown)
         if table:
             title = (f"Paired against the same model with the strategies' reasoning instruction, {instructed} "
                      "(a composite's gain over this one is not its prompt's):")
@@ -282,17 +279,15 @@ def paired_section(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | Non
     return out
 
 
-def _instructed_challengers(rows: Sequence[dict[str, Any]], summaries: Sequence[ModelSummary],
-                            reference: str | None) -> list[str]:
-    """What is paired with `cot(<model>)`: the composites and the cot-sc baseline."""
-    return [s.model for s in summaries if s.model != reference and _kind_of(rows, s.model) in ("composite", "cot-sc")]
+def instructed_pairings(rows: Sequence[dict[str, Any]], summaries: Sequence[ModelSummary],
+                        reference: str | None) -> list[tuple[str, list[Any]]]:
+    """Each `cot(<model>)` baseline present, with every composite (and cot-sc) paired against it: the second
+    reference, the member given the same reasoning instruction as the composites' prompts."""
+    from .paired import paired_against
 
-
-def _kind_of(rows: Sequence[dict[str, Any]], model: str) -> str | None:
-    return next((str(r.get("kind")) for r in rows if r.get("model") == model), None)
-
-
-def instructed_references(rows: Sequence[dict[str, Any]], *, order: Sequence[str] | None = None) -> list[str]:
-    """The `cot(<model>)` baselines present: the second reference every composite is paired with."""
-    names = [s.model for s in summarize(rows, order=order)]
-    return [n for n in names if _kind_of(rows, n) == "cot"]
+    kinds: dict[Any, str] = {}
+    for row in rows:
+        kinds.setdefault(row.get("model"), str(row.get("kind")))
+    names = [s.model for s in summaries]
+    challengers = [n for n in names if n != reference and kinds.get(n) in ("composite", "cot-sc")]
+    return [(n, paired_against(rows, n, challengers)) for n in names if kinds.get(n) == "cot"]
